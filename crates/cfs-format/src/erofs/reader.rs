@@ -1,0 +1,1 @@
+//! EROFS image reader (placeholder until the reader lands).

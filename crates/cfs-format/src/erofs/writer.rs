@@ -1,0 +1,1 @@
+//! EROFS image writer (placeholder until the writer lands).

@@ -1,0 +1,1 @@
+//! Directory scanning (placeholder until the scanner lands).

@@ -1,0 +1,2 @@
+//! `cfsctl`: the composefs command-line tool.
+fn main() {}
