@@ -4,3 +4,8 @@
 //! live above.
 
 pub mod scan;
+pub mod store;
+
+pub use scan::{scan_directory, ScanError, ScanOptions};
+pub use store::{fill_digest_store, StoreStats};
+pub mod verity;

@@ -1,0 +1,4 @@
+//! `mkcomposefs`, a small entry point into the `cfsctl` multi-call binary's code.
+fn main() -> std::process::ExitCode {
+    cfsctl::run_tool(cfsctl::Tool::Mkcomposefs, std::env::args_os().collect())
+}

@@ -1,0 +1,123 @@
+//! The `cfsctl` binary's code: a thin command-line layer over `cfs-format` and `cfs-repo`.
+//! It dispatches between the multi-call personalities (`mkcomposefs`, `composefs-info`) and the
+//! `cfsctl` command set, turns library errors into messages with context, and maps them to exit
+//! codes. No format logic lives here.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+mod composefs_info;
+mod mkcomposefs;
+mod output;
+
+/// The personalities of the multi-call binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    /// The `cfsctl` command set.
+    Cfsctl,
+    /// C-compatible `mkcomposefs`.
+    Mkcomposefs,
+    /// C-compatible `composefs-info`.
+    ComposefsInfo,
+}
+
+impl Tool {
+    fn from_name(name: &str) -> Option<Tool> {
+        match name {
+            "mkcomposefs" => Some(Tool::Mkcomposefs),
+            "composefs-info" => Some(Tool::ComposefsInfo),
+            "cfsctl" => Some(Tool::Cfsctl),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Tool::Cfsctl => "cfsctl",
+            Tool::Mkcomposefs => "mkcomposefs",
+            Tool::ComposefsInfo => "composefs-info",
+        }
+    }
+}
+
+/// Entry point of the `cfsctl` binary: pick the personality from argv[0] or the first argument.
+pub fn run() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let argv0 = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .and_then(Tool::from_name)
+        .unwrap_or(Tool::Cfsctl);
+    if argv0 != Tool::Cfsctl {
+        return run_tool(argv0, args);
+    }
+    // `cfsctl mkcomposefs …` behaves like the multi-call name.
+    if let Some(tool) = args.get(1).and_then(|a| a.to_str()).and_then(Tool::from_name) {
+        if tool != Tool::Cfsctl {
+            return run_tool(tool, args[1..].to_vec());
+        }
+    }
+    run_tool(Tool::Cfsctl, args)
+}
+
+/// Run one personality with `args` (args[0] is the program name).
+pub fn run_tool(tool: Tool, args: Vec<OsString>) -> ExitCode {
+    let result = match tool {
+        Tool::Mkcomposefs => mkcomposefs::main(args),
+        Tool::ComposefsInfo => composefs_info::main(args),
+        Tool::Cfsctl => cfsctl_main(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("{}: {err:#}", tool.name());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cfsctl_main(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
+    use clap::Parser;
+
+    /// composefs: read-only images over a content-addressed object store.
+    #[derive(Parser, Debug)]
+    #[command(name = "cfsctl", version)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    #[derive(clap::Subcommand, Debug)]
+    enum Command {
+        /// Build a composefs image (same options as `mkcomposefs`).
+        #[command(disable_help_flag = true)]
+        Mkcomposefs {
+            #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+            args: Vec<OsString>,
+        },
+        /// Inspect composefs images (same commands as `composefs-info`).
+        #[command(name = "composefs-info", disable_help_flag = true)]
+        ComposefsInfo {
+            #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+            args: Vec<OsString>,
+        },
+    }
+
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return Ok(ExitCode::from(e.exit_code() as u8));
+        }
+    };
+    match cli.command {
+        Command::Mkcomposefs { args } => {
+            mkcomposefs::main(std::iter::once("mkcomposefs".into()).chain(args).collect())
+        }
+        Command::ComposefsInfo { args } => {
+            composefs_info::main(std::iter::once("composefs-info".into()).chain(args).collect())
+        }
+    }
+}
