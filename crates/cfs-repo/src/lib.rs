@@ -5,7 +5,12 @@
 
 pub mod scan;
 pub mod store;
+pub mod verity;
+
+#[cfg(test)]
+mod scan_c_examples;
+#[cfg(test)]
+mod testutil;
 
 pub use scan::{scan_directory, ScanError, ScanOptions};
 pub use store::{fill_digest_store, StoreStats};
-pub mod verity;

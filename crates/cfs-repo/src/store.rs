@@ -84,7 +84,7 @@ pub fn fill_digest_store(
         let prefix = &hex[..2];
         if made.insert(prefix.to_owned()) {
             let dir = store.join(prefix);
-            builder.create(&dir).map_err(|e| store_error(&dir, e))?;
+            ensure_dir(&dir).map_err(|e| store_error(&dir, e))?;
         }
     }
     if work.is_empty() {
@@ -111,6 +111,22 @@ pub fn fill_digest_store(
         }
     }
     Ok(stats)
+}
+
+/// `mkdir(path, 0755)`, accepting an existing directory (or a symlink to one) and reporting
+/// `ENOTDIR` for anything else in the way.
+fn ensure_dir(path: &Path) -> io::Result<()> {
+    match DirBuilder::new().mode(0o755).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            if path.metadata()?.is_dir() {
+                Ok(())
+            } else {
+                Err(Errno::NOTDIR.into())
+            }
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// External files with a digest, deduplicated by digest, in sorted DFS order.
@@ -160,11 +176,10 @@ fn store_one(
         Err(e) => return Err(at_target(e.into())),
     }
     let source_path = source_root.join(OsStr::from_bytes(&item.rel));
-    let mut source =
-        open_regular(source_fd, &item.rel).map_err(|source| ScanError::Store {
-            path: source_path.clone(),
-            source,
-        })?;
+    let mut source = open_regular(source_fd, &item.rel).map_err(|source| ScanError::Store {
+        path: source_path.clone(),
+        source,
+    })?;
     let dir = target.parent().unwrap_or(store);
     let mut tmp = tempfile::Builder::new()
         .prefix(".tmp")
@@ -239,4 +254,196 @@ fn copy_contents(src: &mut File, dst: &mut File) -> io::Result<()> {
 /// Where `digest`'s object lives in a digest store at `store`.
 pub fn object_path_in(store: &Path, digest: &Digest) -> PathBuf {
     store.join(digest.object_path())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use cfs_format::fsverity::{self, Algorithm};
+
+    use super::*;
+    use crate::scan::{scan_directory, ScanOptions};
+    use crate::testutil::write_file;
+
+    fn files_under(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("read_dir") {
+                let e = e.expect("entry");
+                let p = e.path();
+                if e.file_type().expect("type").is_dir() {
+                    stack.push(p);
+                } else {
+                    let rel = p.strip_prefix(dir).expect("prefix");
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn source() -> (tempfile::TempDir, Vec<u8>, Vec<u8>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = |n: &str| dir.path().join(n);
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let other = vec![b'0'; 65];
+        std::fs::create_dir(p("sub")).expect("mkdir");
+        write_file(&p("a"), &big, 0o600);
+        write_file(&p("sub/copy"), &big, 0o644);
+        write_file(&p("s65"), &other, 0o644);
+        write_file(&p("inline"), b"small", 0o644);
+        write_file(&p("empty"), b"", 0o644);
+        (dir, big, other)
+    }
+
+    #[test]
+    fn objects_are_stored_once_with_mode_0644() {
+        let (src, big, other) = source();
+        let tree = scan_directory(src.path(), &ScanOptions::mkcomposefs()).expect("scan");
+        let store_dir = tempfile::tempdir().expect("tempdir");
+        let store = store_dir.path().join("nested/store");
+        let stats = fill_digest_store(&tree, src.path(), &store, 3).expect("fill");
+        assert_eq!(
+            stats,
+            StoreStats {
+                objects: 2,
+                copied: 2,
+                existing: 0,
+                bytes_copied: big.len() as u64 + 65,
+            }
+        );
+        let d_big = fsverity::digest(Algorithm::Sha256, &big);
+        let d_other = fsverity::digest(Algorithm::Sha256, &other);
+        let mut want = vec![d_big.object_path(), d_other.object_path()];
+        want.sort();
+        assert_eq!(files_under(&store), want);
+        assert_eq!(
+            d_other.object_path(),
+            "47/ddf8476049577910de2a85a85bc861e6c6994fd9cf5aaf45d5611b4c3799c1"
+        );
+        for (d, content) in [(d_big, &big), (d_other, &other)] {
+            let path = object_path_in(&store, &d);
+            assert_eq!(std::fs::read(&path).expect("read object"), *content);
+            let mode = path.metadata().expect("stat").permissions().mode();
+            assert_eq!(mode & 0o7777, 0o644, "{}", path.display());
+            let fan_out = path.parent().expect("parent").metadata().expect("stat");
+            assert!(fan_out.is_dir());
+        }
+
+        // A second run finds everything in place and copies nothing.
+        let again = fill_digest_store(&tree, src.path(), &store, 1).expect("fill");
+        assert_eq!(
+            again,
+            StoreStats {
+                objects: 2,
+                copied: 0,
+                existing: 2,
+                bytes_copied: 0,
+            }
+        );
+        // Existing objects are not rewritten (not even re-verified).
+        let path = object_path_in(&store, &d_other);
+        std::fs::write(&path, b"tampered").expect("tamper");
+        fill_digest_store(&tree, src.path(), &store, 1).expect("fill");
+        assert_eq!(std::fs::read(&path).expect("read"), b"tampered");
+    }
+
+    #[test]
+    fn hardlinked_sources_are_stored_once() {
+        let (src, big, _) = source();
+        std::fs::hard_link(src.path().join("a"), src.path().join("z")).expect("link");
+        let tree = scan_directory(
+            src.path(),
+            &ScanOptions {
+                hardlinks: true,
+                ..ScanOptions::mkcomposefs()
+            },
+        )
+        .expect("scan");
+        let store = tempfile::tempdir().expect("tempdir");
+        let stats = fill_digest_store(&tree, src.path(), store.path(), 2).expect("fill");
+        assert_eq!(stats.objects, 2);
+        assert_eq!(stats.bytes_copied, big.len() as u64 + 65);
+    }
+
+    #[test]
+    fn a_tree_without_external_files_only_creates_the_store() {
+        let src = tempfile::tempdir().expect("tempdir");
+        write_file(&src.path().join("f"), b"tiny", 0o644);
+        let tree = scan_directory(src.path(), &ScanOptions::mkcomposefs()).expect("scan");
+        let out = tempfile::tempdir().expect("tempdir");
+        let store = out.path().join("s");
+        let stats = fill_digest_store(&tree, src.path(), &store, 1).expect("fill");
+        assert_eq!(stats, StoreStats::default());
+        assert!(store.is_dir());
+        assert!(files_under(&store).is_empty());
+    }
+
+    #[test]
+    fn a_file_in_place_of_a_fan_out_directory_fails() {
+        let (src, _, _) = source();
+        let tree = scan_directory(src.path(), &ScanOptions::mkcomposefs()).expect("scan");
+        let store = tempfile::tempdir().expect("tempdir");
+        std::fs::write(store.path().join("47"), b"").expect("write");
+        let err = fill_digest_store(&tree, src.path(), store.path(), 1).expect_err("blocked");
+        let ScanError::Store { path, .. } = &err else {
+            panic!("unexpected {err}");
+        };
+        assert_eq!(path, &store.path().join("47"));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot fill store {}: Not a directory (os error 20)",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_source_changed_after_the_scan_is_refused_and_leaves_nothing_behind() {
+        let (src, _, _) = source();
+        let tree = scan_directory(src.path(), &ScanOptions::mkcomposefs()).expect("scan");
+        std::fs::write(src.path().join("s65"), b"shorter now").expect("rewrite");
+        let store = tempfile::tempdir().expect("tempdir");
+        let err = fill_digest_store(&tree, src.path(), store.path(), 1).expect_err("changed");
+        assert!(err.to_string().contains("changed since the scan"), "{err}");
+        let leftovers: Vec<String> = files_under(store.path())
+            .into_iter()
+            .filter(|f| f.starts_with("47/"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn a_missing_source_is_reported_with_its_path() {
+        let (src, _, _) = source();
+        let tree = scan_directory(src.path(), &ScanOptions::mkcomposefs()).expect("scan");
+        std::fs::remove_file(src.path().join("s65")).expect("rm");
+        let store = tempfile::tempdir().expect("tempdir");
+        let err = fill_digest_store(&tree, src.path(), store.path(), 1).expect_err("missing");
+        let ScanError::Store { path, source } = &err else {
+            panic!("unexpected {err}");
+        };
+        assert_eq!(path, &src.path().join("s65"));
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn copy_contents_copies_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data: Vec<u8> = (0..(3 << 20) + 17).map(|i: u32| (i % 253) as u8).collect();
+        let src_path = dir.path().join("src");
+        std::fs::write(&src_path, &data).expect("write");
+        let mut src = File::open(&src_path).expect("open");
+        let mut dst = tempfile::tempfile_in(dir.path()).expect("tmp");
+        copy_contents(&mut src, &mut dst).expect("copy");
+        let mut back = Vec::new();
+        use std::io::Seek;
+        dst.rewind().expect("rewind");
+        dst.read_to_end(&mut back).expect("read");
+        assert_eq!(back, data);
+    }
 }

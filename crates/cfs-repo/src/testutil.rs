@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use rustix::fs::Timespec;
 use rustix::fs::{AtFlags, FileType, Mode, Timestamps, XattrFlags, CWD};
 use rustix::io::Errno;
-use rustix::time::Timespec;
 
 use cfs_format::tree::{FileData, InodeId, InodeKind, Tree};
 
@@ -54,9 +54,9 @@ pub fn lchown(path: &Path, uid: u32, gid: u32) -> Option<()> {
     )
 }
 
-/// `mknod`; `None` when not permitted.
+/// `mknod` then `chmod` (so the umask does not matter); `None` when not permitted.
 pub fn mknod(path: &Path, kind: FileType, mode: u32, major: u32, minor: u32) -> Option<()> {
-    privileged(
+    let made = privileged(
         "mknod",
         rustix::fs::mknodat(
             CWD,
@@ -65,7 +65,8 @@ pub fn mknod(path: &Path, kind: FileType, mode: u32, major: u32, minor: u32) -> 
             Mode::from_raw_mode(mode),
             rustix::fs::makedev(major, minor),
         ),
-    )
+    );
+    made.map(|()| chmod(path, mode))
 }
 
 /// `lsetxattr`; `None` when not permitted (e.g. `trusted.*` without `CAP_SYS_ADMIN`).
@@ -124,7 +125,9 @@ pub fn listing(tree: &Tree) -> Vec<String> {
                 FileData::Inline(d) if d.is_empty() => {
                     (f.size.to_string(), 0, "-".into(), "-".into(), "-".into())
                 }
-                FileData::Inline(d) => (f.size.to_string(), 0, "-".into(), esc(d, false), "-".into()),
+                FileData::Inline(d) => {
+                    (f.size.to_string(), 0, "-".into(), esc(d, false), "-".into())
+                }
                 FileData::External { digest, payload } => (
                     f.size.to_string(),
                     0,
@@ -133,11 +136,19 @@ pub fn listing(tree: &Tree) -> Vec<String> {
                     digest.map_or("-".into(), |d| d.to_hex()),
                 ),
             },
-            InodeKind::Symlink(t) => (t.len().to_string(), 0, esc(t, false), "-".into(), "-".into()),
+            InodeKind::Symlink(t) => (
+                t.len().to_string(),
+                0,
+                esc(t, false),
+                "-".into(),
+                "-".into(),
+            ),
             InodeKind::CharDevice(r) | InodeKind::BlockDevice(r) => {
                 ("0".into(), *r, "-".into(), "-".into(), "-".into())
             }
-            InodeKind::Fifo | InodeKind::Socket => ("0".into(), 0, "-".into(), "-".into(), "-".into()),
+            InodeKind::Fifo | InodeKind::Socket => {
+                ("0".into(), 0, "-".into(), "-".into(), "-".into())
+            }
         };
         let mut line = format!(
             "{p} {size} {:o} {} {} {} {rdev} {}.{} {payload} {content} {digest}",

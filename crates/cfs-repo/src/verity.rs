@@ -117,7 +117,8 @@ pub fn measure(fd: impl AsFd) -> Result<Digest, MeasureError> {
     if len != alg.digest_len() {
         return Err(MeasureError::UnknownAlgorithm(arg.digest_algorithm));
     }
-    Digest::from_bytes(&arg.digest[..len]).ok_or(MeasureError::UnknownAlgorithm(arg.digest_algorithm))
+    Digest::from_bytes(&arg.digest[..len])
+        .ok_or(MeasureError::UnknownAlgorithm(arg.digest_algorithm))
 }
 
 /// Enable fs-verity (4096-byte blocks, no salt) on a file opened read-only.
@@ -146,14 +147,35 @@ mod tests {
 
     #[test]
     fn errno_mapping() {
-        assert!(matches!(measure_errno(Errno::OPNOTSUPP), MeasureError::NotSupported));
-        assert!(matches!(measure_errno(Errno::NOTTY), MeasureError::NotSupported));
-        assert!(matches!(measure_errno(Errno::NODATA), MeasureError::NotEnabled));
-        assert!(matches!(measure_errno(Errno::OVERFLOW), MeasureError::DigestTooLarge));
+        assert!(matches!(
+            measure_errno(Errno::OPNOTSUPP),
+            MeasureError::NotSupported
+        ));
+        assert!(matches!(
+            measure_errno(Errno::NOTTY),
+            MeasureError::NotSupported
+        ));
+        assert!(matches!(
+            measure_errno(Errno::NODATA),
+            MeasureError::NotEnabled
+        ));
+        assert!(matches!(
+            measure_errno(Errno::OVERFLOW),
+            MeasureError::DigestTooLarge
+        ));
         assert!(matches!(measure_errno(Errno::IO), MeasureError::Io(_)));
-        assert!(matches!(enable_errno(Errno::OPNOTSUPP), EnableError::NotSupported));
-        assert!(matches!(enable_errno(Errno::EXIST), EnableError::AlreadyEnabled));
-        assert!(matches!(enable_errno(Errno::TXTBSY), EnableError::FileOpenForWrite));
+        assert!(matches!(
+            enable_errno(Errno::OPNOTSUPP),
+            EnableError::NotSupported
+        ));
+        assert!(matches!(
+            enable_errno(Errno::EXIST),
+            EnableError::AlreadyEnabled
+        ));
+        assert!(matches!(
+            enable_errno(Errno::TXTBSY),
+            EnableError::FileOpenForWrite
+        ));
     }
 
     #[test]

@@ -155,11 +155,10 @@ fn scan_source(args: &Args, threads: usize) -> Result<Tree> {
         threads,
         ..scan::ScanOptions::mkcomposefs()
     };
-    let tree = scan::scan_directory(&args.source, &opts)
-        .with_context(|| format!("error accessing {}", args.source.display()))?;
+    // The scanner's errors already name the path and the phase that failed.
+    let tree = scan::scan_directory(&args.source, &opts)?;
     if let Some(store) = &args.digest_store {
-        scan::fill_digest_store(&tree, &args.source, store, threads)
-            .with_context(|| format!("cannot fill store {}", store.display()))?;
+        scan::fill_digest_store(&tree, &args.source, store, threads)?;
     }
     Ok(tree)
 }

@@ -70,7 +70,12 @@ pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8], kind: FieldKind) {
             b'\t' => out.extend_from_slice(b"\\t"),
             b'=' if kind == FieldKind::Xattr => out.extend_from_slice(b"\\x3d"),
             0x21..=0x7e => out.push(b),
-            _ => out.extend_from_slice(&[b'\\', b'x', lower_hex_digit(b >> 4), lower_hex_digit(b & 15)]),
+            _ => out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                lower_hex_digit(b >> 4),
+                lower_hex_digit(b & 15),
+            ]),
         }
     }
 }

@@ -2,12 +2,24 @@
 //!
 //! [`parse`] turns a dumpfile into a [`Tree`](crate::tree::Tree) with C `mkcomposefs` semantics
 //! and limits; [`write_entry_line`] prints one line with canonical escaping, and is shared by the
-//! tree printer and by the image dumper in [`crate::erofs::reader`].
+//! tree printer [`write_tree`] and by the image dumper in [`crate::erofs::reader`].
 
 use std::io::{self, Write};
 
 use crate::fsverity::Digest;
 use crate::tree::Mtime;
+
+pub mod escape;
+mod parse;
+mod print;
+#[cfg(test)]
+mod tests;
+
+pub use parse::{
+    parse, DumpfileError, ErrorKind, Field, ParseOptions, PathProblem, INLINE_CONTENT_MAX, MAX_EXTERNAL_SIZE,
+    PATH_MAX, XATTR_INODE_BUDGET, XATTR_NAME_MAX, XATTR_SECTION_MAX, XATTR_VALUE_MAX,
+};
+pub use print::write_tree;
 
 /// One dumpfile line, borrowed from wherever the entry lives.
 #[derive(Debug, Clone)]
@@ -41,7 +53,12 @@ pub struct EntryLine<'a> {
 }
 
 /// Write one line (with its trailing newline).
+///
+/// MODE is printed in octal (prefixed by `@` when [`EntryLine::hardlink`] is set), MTIME as
+/// `<sec>.<nsec>` with unpadded nanoseconds, DIGEST as lowercase hex, and the xattrs as
+/// ` KEY=VALUE` in the order given.
 pub fn write_entry_line(w: &mut impl Write, e: &EntryLine<'_>) -> io::Result<()> {
-    let _ = (w, e);
-    todo!("dumpfile printer")
+    let mut buf = Vec::with_capacity(128 + e.path.len());
+    print::format_entry_line(&mut buf, e);
+    w.write_all(&buf)
 }

@@ -139,10 +139,19 @@ fn mode_problem(mode: u32) -> &'static str {
     }
 }
 
+/// Largest external file an image can describe: 1024 chunk indexes of 2^43 bytes each.
+pub const MAX_EXTERNAL_SIZE: u64 = 1 << 53;
+
 /// Why a dumpfile line was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ErrorKind {
+    /// An external or sparse file larger than 1024 chunks of 2^43 bytes can describe.
+    #[error("file size {size} is too large for a composefs image (at most {max} bytes)", max = MAX_EXTERNAL_SIZE)]
+    FileTooLarge {
+        /// The SIZE given.
+        size: u64,
+    },
     /// The input holds no line at all.
     #[error("empty dumpfile: no root directory")]
     Empty,
@@ -515,13 +524,22 @@ fn split_parent(path: &[u8]) -> Result<(&[u8], &[u8]), ErrorKind> {
     let pos = path.iter().rposition(|&b| b == b'/').unwrap_or(0);
     let (parent, name) = path.split_at_checked(pos).unwrap_or((&[], path));
     let name = name.get(1..).unwrap_or(&[]);
-    let parent: &[u8] = if parent.is_empty() { b"/" } else { parent };
     check_component(name).map_err(bad)?;
+    // Only the root's path ends with `/`: `//a` and `/d//a` have an empty component.
+    if parent.last() == Some(&b'/') {
+        return Err(bad(PathProblem::EmptyComponent));
+    }
+    let parent: &[u8] = if parent.is_empty() { b"/" } else { parent };
     Ok((parent, name))
 }
 
 /// Diagnose why `parent` (of `path`) is not a known directory.
-fn parent_error(tree: &Tree, dirs: &HashMap<Box<[u8]>, InodeId>, parent: &[u8], path: &[u8]) -> ErrorKind {
+fn parent_error(
+    tree: &Tree,
+    dirs: &HashMap<Box<[u8]>, InodeId>,
+    parent: &[u8],
+    path: &[u8],
+) -> ErrorKind {
     // A malformed intermediate component explains it best.
     for comp in parent.get(1..).unwrap_or(&[]).split(|&b| b == b'/') {
         if let Err(problem) = check_component(comp) {
@@ -560,7 +578,9 @@ fn parse_xattrs(section: &[u8]) -> Result<Xattrs, ErrorKind> {
         let (field, next) = split_first(rest, b' ');
         rest = next;
         let (raw_key, raw_value) =
-            split_once(field, b'=').ok_or_else(|| ErrorKind::XattrMissingEquals { text: show_raw(field) })?;
+            split_once(field, b'=').ok_or_else(|| ErrorKind::XattrMissingEquals {
+                text: show_raw(field),
+            })?;
         let key = unescape_field(Field::XattrKey, raw_key)?;
         let value = unescape_field(Field::XattrValue, raw_value)?;
         if key.is_empty() || key.len() > XATTR_NAME_MAX {
@@ -584,10 +604,16 @@ fn parse_xattrs(section: &[u8]) -> Result<Xattrs, ErrorKind> {
         let entry = XATTR_ENTRY_COST + key.len() + value.len();
         let total = XATTR_HEADER_COST + used + entry;
         if total > XATTR_INODE_BUDGET {
-            return Err(ErrorKind::XattrBudget { key: show(&key), total });
+            return Err(ErrorKind::XattrBudget {
+                key: show(&key),
+                total,
+            });
         }
         used += entry;
-        xattrs.insert(key.into_owned().into_boxed_slice(), value.into_owned().into_boxed_slice());
+        xattrs.insert(
+            key.into_owned().into_boxed_slice(),
+            value.into_owned().into_boxed_slice(),
+        );
     }
     Ok(xattrs)
 }
@@ -626,7 +652,12 @@ fn parse_inode(f: &Fields<'_>, mode: u32, strict: bool) -> Result<Inode, ErrorKi
             });
         }
     }
-    let digest_text = unescape_optional_field(Field::Digest, f.digest)?;
+    // An empty DIGEST can only come from a missing trailing field: not set. C validates the
+    // digest whatever the file type; only regular files use it.
+    let digest = match unescape_optional_field(Field::Digest, f.digest)? {
+        Some(t) if !t.is_empty() => Some(parse_digest(&t)?),
+        _ => None,
+    };
     let is_device = ftype == mode::S_IFCHR || ftype == mode::S_IFBLK;
     if strict && rdev != 0 && !is_device {
         return Err(ErrorKind::RdevOnNonDevice { rdev });
@@ -677,14 +708,13 @@ fn parse_inode(f: &Fields<'_>, mode: u32, strict: bool) -> Result<Inode, ErrorKi
             mode::S_IFIFO => InodeKind::Fifo,
             mode::S_IFSOCK => InodeKind::Socket,
             mode::S_IFREG => {
-                // An empty DIGEST can only come from a missing trailing field: not set.
-                let digest = match digest_text {
-                    Some(t) if !t.is_empty() => Some(parse_digest(&t)?),
-                    _ => None,
-                };
                 let data = match content {
                     _ if size == 0 => FileData::Inline(Box::default()),
                     Some(c) => FileData::Inline(c.into_owned().into_boxed_slice()),
+                    // C finds this only when writing (EFBIG); here the line can be named.
+                    None if size > MAX_EXTERNAL_SIZE => {
+                        return Err(ErrorKind::FileTooLarge { size });
+                    }
                     None => FileData::External {
                         digest,
                         payload: payload
@@ -697,12 +727,6 @@ fn parse_inode(f: &Fields<'_>, mode: u32, strict: bool) -> Result<Inode, ErrorKi
             _ => return Err(ErrorKind::InvalidMode { mode }),
         }
     };
-    if ftype != mode::S_IFREG {
-        // Validated like C does, even though only regular files use it.
-        if let Some(t) = digest_text.filter(|t| !t.is_empty()) {
-            parse_digest(&t)?;
-        }
-    }
     let xattrs = parse_xattrs(f.xattrs)?;
     Ok(Inode {
         meta: Metadata {
@@ -830,10 +854,14 @@ impl Parser {
                 Some(t) if !t.is_empty() => t,
                 _ => return Err(ErrorKind::HardlinkNoTarget),
             };
-            let Some(dir) = tree.inodes.get_mut(parent.index()).and_then(|i| match &mut i.kind {
-                InodeKind::Directory(d) => Some(d),
-                _ => None,
-            }) else {
+            let Some(dir) = tree
+                .inodes
+                .get_mut(parent.index())
+                .and_then(|i| match &mut i.kind {
+                    InodeKind::Directory(d) => Some(d),
+                    _ => None,
+                })
+            else {
                 return Err(ErrorKind::ParentNotDirectory { path: show(&path) });
             };
             if dir.entries.contains_key(name) {
@@ -888,7 +916,11 @@ impl Parser {
             let LinkState::Resolved(target) = *st else {
                 continue;
             };
-            if let Some(InodeKind::Directory(dir)) = tree.inodes.get_mut(link.parent.index()).map(|i| &mut i.kind) {
+            if let Some(InodeKind::Directory(dir)) = tree
+                .inodes
+                .get_mut(link.parent.index())
+                .map(|i| &mut i.kind)
+            {
                 if let Some(entry) = dir.entries.get_mut(&link.name) {
                     entry.inode = target;
                 }
@@ -926,7 +958,10 @@ fn resolve_chain(
                 kind: ErrorKind::TooManyEntries,
             });
         };
-        let err = |kind| DumpfileError { line: link.line, kind };
+        let err = |kind| DumpfileError {
+            line: link.line,
+            kind,
+        };
         match *st {
             LinkState::Resolved(id) => break id,
             LinkState::InProgress => {

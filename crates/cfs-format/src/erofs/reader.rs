@@ -27,13 +27,11 @@ mod image;
 mod inode;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-pub(crate) mod testimage;
 mod tree;
 mod walk;
 mod xattr;
 
-pub use composefs::{Node, NodeKind, OverlayXattrs, RegularData, VisibleXattrs};
+pub use composefs::{Children, Node, NodeKind, OverlayXattrs, RegularData, VisibleXattrs};
 pub use dir::{DirEntryRef, DirIter};
 pub use dump::{dump, ls, object_digests, objects};
 pub use error::{DumpError, ReadError};

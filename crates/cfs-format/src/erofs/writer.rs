@@ -698,7 +698,7 @@ impl Layout {
             let i_u: u32 = match &n.body {
                 Body::Device(rdev) => *rdev as u32,
                 Body::Chunked(size) => {
-                    let fmt = (chunk_bits(*size) - BLOCK_BITS as u32) as u32;
+                    let fmt = chunk_bits(*size) - BLOCK_BITS as u32;
                     if p.chunk_promoted {
                         (p.first_block as u32 & 0xFFFF_0000) | fmt
                     } else {
