@@ -3,10 +3,14 @@
 //! trip byte for byte, dumps back to its input (after normalisation), and passes `fsck.erofs`.
 //! Every should-fail vector is rejected with a line number and leaves no file behind.
 
+mod common;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
+use common::{fsck_erofs, run_ok, skip};
 use sha2::{Digest as _, Sha256};
 
 fn conformance_dir() -> Option<PathBuf> {
@@ -17,13 +21,10 @@ fn conformance_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         return Some(dir);
     }
-    // CI always has shared/ beside the clone: a missing directory there is a failure, not a skip.
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "conformance vectors not found at {}",
-        dir.display()
+    skip(
+        "the C conformance vectors",
+        &format!("no vectors at {} (set CFS_CONFORMANCE_DIR)", dir.display()),
     );
-    eprintln!("!!! SKIPPING: conformance vectors not found at {}", dir.display());
     None
 }
 
@@ -36,13 +37,7 @@ fn composefs_info() -> Command {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+    run_ok(cmd, Duration::from_secs(300))
 }
 
 /// Read a vector, gunzipping `.gz` files.
@@ -103,22 +98,6 @@ fn version_args(v: &Vector) -> Vec<String> {
 
 fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn fsck_erofs(image: &Path) {
-    match Command::new("fsck.erofs").arg(image).output() {
-        Ok(out) => assert!(
-            out.status.success(),
-            "fsck.erofs rejected {}: {}{}",
-            image.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(_) => {
-            assert!(std::env::var_os("CI").is_none(), "fsck.erofs is not installed");
-            eprintln!("!!! SKIPPING fsck.erofs check: fsck.erofs not installed (apt-get install erofs-utils)");
-        }
-    }
 }
 
 #[test]

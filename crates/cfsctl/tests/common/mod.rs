@@ -235,15 +235,21 @@ pub fn make_socket(path: &Path) {
 // Kernel mounts
 // ---------------------------------------------------------------------------------------------
 
+/// Why this process is not root, or `None` if it is. `what_needs_it` completes "…needs root".
+pub fn root_unavailable(what_needs_it: &str) -> Option<String> {
+    let euid = rustix::process::geteuid();
+    (!euid.is_root()).then(|| {
+        format!(
+            "root privileges: running as euid {}, but {what_needs_it} needs root",
+            euid.as_raw()
+        )
+    })
+}
+
 /// Why this process cannot mount EROFS images and overlayfs, or `None` if it can.
 pub fn kernel_mount_unavailable() -> Option<String> {
-    let euid = rustix::process::geteuid();
-    if !euid.is_root() {
-        return Some(format!(
-            "root privileges: running as euid {}, but mounting erofs/overlayfs needs root \
-             (CAP_SYS_ADMIN)",
-            euid.as_raw()
-        ));
+    if let Some(reason) = root_unavailable("mounting erofs/overlayfs (CAP_SYS_ADMIN)") {
+        return Some(reason);
     }
     for fs in ["erofs", "overlay"] {
         match fsopen(fs, FsOpenFlags::FSOPEN_CLOEXEC) {
