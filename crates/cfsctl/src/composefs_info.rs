@@ -72,13 +72,6 @@ pub fn main(args: Vec<OsString>) -> Result<ExitCode> {
             }
         }
         Action::Objects | Action::MissingObjects => {
-            let mut all = BTreeSet::new();
-            for path in &args.files {
-                let image = read_image(path)?;
-                all.extend(
-                    reader::objects(&image).with_context(|| format!("reading image {}", path.display()))?,
-                );
-            }
             let basedir = match args.command {
                 Action::MissingObjects => Some(
                     args.basedir
@@ -87,6 +80,14 @@ pub fn main(args: Vec<OsString>) -> Result<ExitCode> {
                 ),
                 _ => None,
             };
+            let mut all = BTreeSet::new();
+            for path in &args.files {
+                let image = read_image(path)?;
+                all.extend(
+                    reader::objects(&image)
+                        .with_context(|| format!("reading image {}", path.display()))?,
+                );
+            }
             for object in all {
                 if let Some(base) = basedir {
                     let rel = Path::new(std::ffi::OsStr::from_bytes(&object));

@@ -54,7 +54,11 @@ pub fn run() -> ExitCode {
         return run_tool(argv0, args);
     }
     // `cfsctl mkcomposefs …` behaves like the multi-call name.
-    if let Some(tool) = args.get(1).and_then(|a| a.to_str()).and_then(Tool::from_name) {
+    if let Some(tool) = args
+        .get(1)
+        .and_then(|a| a.to_str())
+        .and_then(Tool::from_name)
+    {
         if tool != Tool::Cfsctl {
             return run_tool(tool, args[1..].to_vec());
         }
@@ -116,8 +120,10 @@ fn cfsctl_main(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
         Command::Mkcomposefs { args } => {
             mkcomposefs::main(std::iter::once("mkcomposefs".into()).chain(args).collect())
         }
-        Command::ComposefsInfo { args } => {
-            composefs_info::main(std::iter::once("composefs-info".into()).chain(args).collect())
-        }
+        Command::ComposefsInfo { args } => composefs_info::main(
+            std::iter::once("composefs-info".into())
+                .chain(args)
+                .collect(),
+        ),
     }
 }

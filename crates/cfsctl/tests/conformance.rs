@@ -16,7 +16,9 @@ use sha2::{Digest as _, Sha256};
 fn conformance_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("CFS_CONFORMANCE_DIR") {
         Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/composefs-c"),
+        None => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/composefs-c")
+        }
     };
     if dir.is_dir() {
         return Some(dir);
@@ -65,7 +67,11 @@ fn vectors(dir: &Path) -> Vec<Vector> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).expect("listing conformance dir") {
         let path = entry.expect("dir entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_owned();
         let Some(input_name) = name.strip_suffix(".sha256") else {
             continue;
         };
@@ -77,7 +83,10 @@ fn vectors(dir: &Path) -> Vec<Vector> {
         let version = std::fs::read_to_string(dir.join(format!("{base}.version")))
             .ok()
             .map(|v| v.trim().to_owned());
-        let sha256 = std::fs::read_to_string(&path).expect("reading sha256").trim().to_owned();
+        let sha256 = std::fs::read_to_string(&path)
+            .expect("reading sha256")
+            .trim()
+            .to_owned();
         out.push(Vector {
             name: input_name.to_owned(),
             input,
@@ -97,14 +106,21 @@ fn version_args(v: &Vector) -> Vec<String> {
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[test]
 fn vectors_compile_to_c_images_and_round_trip() {
     let Some(dir) = conformance_dir() else { return };
     let vectors = vectors(&dir);
-    assert_eq!(vectors.len(), 14, "expected the 14 C vectors that have inputs");
+    assert_eq!(
+        vectors.len(),
+        14,
+        "expected the 14 C vectors that have inputs"
+    );
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut failures = Vec::new();
     for v in &vectors {
@@ -119,7 +135,10 @@ fn vectors_compile_to_c_images_and_round_trip() {
         let bytes = std::fs::read(&image).expect("reading image");
         let got = sha256_hex(&bytes);
         if got != v.sha256 {
-            failures.push(format!("{}: image sha256 {got}, C wrote {}", v.name, v.sha256));
+            failures.push(format!(
+                "{}: image sha256 {got}, C wrote {}",
+                v.name, v.sha256
+            ));
             continue;
         }
         fsck_erofs(&image);
@@ -151,7 +170,11 @@ fn vectors_compile_to_c_images_and_round_trip() {
             failures.push(format!("{}: dump differs from input{first}", v.name));
         }
     }
-    assert!(failures.is_empty(), "conformance failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "conformance failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn clip(line: &str) -> String {
@@ -190,12 +213,19 @@ fn normalise(text: &[u8]) -> Vec<String> {
             "-".into()
         };
         let nlink = if is_dir { "-".into() } else { escape(&get(3)) };
-        let rdev = if matches!(mode & 0o170000, 0o020000 | 0o060000) { escape(&get(6)) } else { "0".into() };
+        let rdev = if matches!(mode & 0o170000, 0o020000 | 0o060000) {
+            escape(&get(6))
+        } else {
+            "0".into()
+        };
         let mut xattrs: Vec<String> = fields
             .iter()
             .skip(11)
             .filter(|x| !x.is_empty())
-            .filter(|x| x.as_slice() != b"trusted.overlay.opaque=x" && x.as_slice() != b"user.overlay.opaque=x")
+            .filter(|x| {
+                x.as_slice() != b"trusted.overlay.opaque=x"
+                    && x.as_slice() != b"user.overlay.opaque=x"
+            })
             .map(|x| escape(x))
             .collect();
         xattrs.sort();
@@ -285,7 +315,13 @@ fn should_fail_vectors_are_rejected_with_a_line_number() {
             "{}: error does not name the line: {stderr}",
             case.display()
         );
-        let left: Vec<_> = std::fs::read_dir(out_dir.path()).expect("listing").collect();
-        assert!(left.is_empty(), "{}: files left behind: {left:?}", case.display());
+        let left: Vec<_> = std::fs::read_dir(out_dir.path())
+            .expect("listing")
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{}: files left behind: {left:?}",
+            case.display()
+        );
     }
 }

@@ -94,7 +94,11 @@ fn digests_match_fsverity_utils() {
         .args(&paths)
         .output()
         .expect("composefs-info");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).expect("utf-8");
     let got: Vec<&str> = text.lines().collect();
     assert_eq!(got.len(), paths.len(), "one line per file: {text}");

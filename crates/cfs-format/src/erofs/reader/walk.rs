@@ -4,8 +4,8 @@
 //! Entries are visited in pre-order, each directory's children in on-disk (sorted) order, with
 //! `.`/`..` and the root whiteout stubs skipped. The first visit of a NID is its canonical
 //! occurrence; later visits of a non-directory are hardlinks; a directory reached twice is an
-//! error (cycle or directory hardlink). The walk is iterative, its depth and path length are
-//! capped, and its memory is O(number of entries).
+//! error (cycle or directory hardlink). The walk is iterative; its depth, path length and
+//! number of visited entries are capped, so time and memory stay linear in the image size.
 
 use std::collections::HashMap;
 
@@ -106,6 +106,11 @@ pub(crate) fn walk<'a, E: From<ReadError>>(
         origins: &origins,
         root: root_nid,
     })?;
+    // Every entry of a well-formed image occupies at least 13 bytes of its own (dirent and a
+    // one-byte name), so more visits than that mean directories share their blocks: stop
+    // before the walk turns quadratic.
+    let max_entries = image.data().len() as u64 / 13 + 16;
+    let mut visited = 0u64;
     let mut stack = vec![Frame {
         nid: root_nid,
         children: image.children(&root)?,
@@ -117,6 +122,14 @@ pub(crate) fn walk<'a, E: From<ReadError>>(
             continue;
         };
         let entry = entry?;
+        visited += 1;
+        if visited > max_entries {
+            return Err(ReadError::ResourceLimit {
+                what: "directory entries (directories sharing blocks?)",
+                limit: max_entries,
+            }
+            .into());
+        }
         let parent = frame.nid;
         let parent_len = frame.path_len;
         if parent == root_nid && !filter.is_empty() && !filter.contains(&entry.name) {
