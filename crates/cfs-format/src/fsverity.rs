@@ -420,7 +420,10 @@ pub fn digest(algorithm: Algorithm, data: &[u8]) -> Digest {
 }
 
 /// fs-verity digest of everything `reader` yields.
-pub fn digest_reader(algorithm: Algorithm, mut reader: impl std::io::Read) -> std::io::Result<Digest> {
+pub fn digest_reader(
+    algorithm: Algorithm,
+    mut reader: impl std::io::Read,
+) -> std::io::Result<Digest> {
     let mut h = FsVerityHasher::new(algorithm);
     let mut buf = vec![0u8; 8 << 20];
     loop {
@@ -450,8 +453,18 @@ mod tests {
     use super::*;
 
     fn check(data: &[u8], sha256: &str, sha512: &str) {
-        assert_eq!(digest(Algorithm::Sha256, data).to_hex(), sha256, "len {}", data.len());
-        assert_eq!(digest(Algorithm::Sha512, data).to_hex(), sha512, "len {}", data.len());
+        assert_eq!(
+            digest(Algorithm::Sha256, data).to_hex(),
+            sha256,
+            "len {}",
+            data.len()
+        );
+        assert_eq!(
+            digest(Algorithm::Sha512, data).to_hex(),
+            sha512,
+            "len {}",
+            data.len()
+        );
         // The same result when fed in awkward pieces.
         let mut h = FsVerityHasher::new(Algorithm::Sha256);
         for piece in data.chunks(4093) {

@@ -9,7 +9,8 @@
 pub mod dumpfile;
 pub mod erofs;
 pub mod fsverity;
+pub mod transform;
 pub mod tree;
 
 pub use fsverity::{Algorithm, Digest, FsVerityHasher};
-pub use tree::{Tree, InodeId};
+pub use tree::{InodeId, Tree};

@@ -299,7 +299,12 @@ impl Tree {
     }
 
     /// Add a new inode under `parent` as its canonical name.
-    pub fn add(&mut self, parent: InodeId, name: &[u8], inode: Inode) -> Result<InodeId, TreeError> {
+    pub fn add(
+        &mut self,
+        parent: InodeId,
+        name: &[u8],
+        inode: Inode,
+    ) -> Result<InodeId, TreeError> {
         Self::check_name(name)?;
         let id = InodeId(self.inodes.len() as u32);
         let dir = self.dir_mut(parent, name)?;
@@ -343,7 +348,11 @@ impl Tree {
 
     /// Find the entry `name` in directory `dir`.
     pub fn lookup(&self, dir: InodeId, name: &[u8]) -> Option<DirEntry> {
-        self.inodes[dir.index()].as_dir()?.entries.get(name).copied()
+        self.inodes[dir.index()]
+            .as_dir()?
+            .entries
+            .get(name)
+            .copied()
     }
 
     /// Resolve an absolute path such as `/a/b` (no symlinks followed).
@@ -355,18 +364,43 @@ impl Tree {
         Some(cur)
     }
 
-    /// Number of directory entries (canonical and hardlinks) that name each inode, root = 1.
+    /// Number of reachable directory entries (canonical and hardlinks) naming each inode; the
+    /// root counts 1. Inodes left in the arena after an entry was removed count 0.
     pub fn reference_counts(&self) -> Vec<u32> {
         let mut counts = vec![0u32; self.inodes.len()];
-        counts[0] = 1;
-        for inode in &self.inodes {
-            if let Some(d) = inode.as_dir() {
-                for e in d.entries.values() {
-                    counts[e.inode.index()] += 1;
+        self.walk(|_, e| counts[e.inode.index()] += 1);
+        counts
+    }
+
+    /// Make the first name of every inode in depth-first, byte-sorted order its canonical one
+    /// and every later name a hardlink. Needed after edits that remove names (whiteouts, the
+    /// OCI `/run` rule), which can remove the canonical name of a leaf that has others.
+    pub fn normalize_hardlinks(&mut self) {
+        let mut names = Vec::new();
+        self.collect_names(InodeId::ROOT, &mut names);
+        let mut seen = vec![false; self.inodes.len()];
+        seen[0] = true;
+        for (dir, name) in names {
+            if let InodeKind::Directory(d) = &mut self.inodes[dir.index()].kind {
+                if let Some(entry) = d.entries.get_mut(&name) {
+                    entry.hardlink = seen[entry.inode.index()];
+                    seen[entry.inode.index()] = true;
                 }
             }
         }
-        counts
+    }
+
+    /// Every (directory, name) pair in depth-first sorted order, descending into directories.
+    fn collect_names(&self, dir: InodeId, out: &mut Vec<(InodeId, Box<[u8]>)>) {
+        let Some(d) = self.inodes[dir.index()].as_dir() else {
+            return;
+        };
+        for (name, entry) in &d.entries {
+            out.push((dir, name.clone()));
+            if self.inodes[entry.inode.index()].kind.is_dir() {
+                self.collect_names(entry.inode, out);
+            }
+        }
     }
 
     /// Set every non-directory's `nlink` to the number of names it has (what a directory scan

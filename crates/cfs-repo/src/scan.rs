@@ -183,9 +183,43 @@ pub enum ScanError {
     },
 }
 
+/// Where the content of external files goes: hashed only (mkcomposefs), or also stored (a
+/// repository import, which hashes while it copies so each file is read once).
+pub trait ContentSink: Sync {
+    /// Consume `file` from its current offset to EOF; return its fs-verity digest and length.
+    fn consume(
+        &self,
+        file: &mut File,
+        algorithm: Algorithm,
+    ) -> io::Result<(cfs_format::Digest, u64)>;
+}
+
+/// The sink of plain `mkcomposefs`: compute the digest, store nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HashOnly;
+
+impl ContentSink for HashOnly {
+    fn consume(
+        &self,
+        file: &mut File,
+        algorithm: Algorithm,
+    ) -> io::Result<(cfs_format::Digest, u64)> {
+        digest_file(file, algorithm)
+    }
+}
+
 /// Read the directory `root` (never following it if it is a symlink) into a [`Tree`] with
 /// C `mkcomposefs` semantics; see the module documentation and FORMATS.md §10.3a.
 pub fn scan_directory(root: &Path, opts: &ScanOptions) -> Result<Tree, ScanError> {
+    scan_directory_into(root, opts, &HashOnly)
+}
+
+/// [`scan_directory`], handing every external file's content to `sink` (in parallel).
+pub fn scan_directory_into(
+    root: &Path,
+    opts: &ScanOptions,
+    sink: &dyn ContentSink,
+) -> Result<Tree, ScanError> {
     opts.validate()?;
     let access = |e: Errno| ScanError::Access {
         path: root.to_path_buf(),
@@ -221,7 +255,7 @@ pub fn scan_directory(root: &Path, opts: &ScanOptions) -> Result<Tree, ScanError
     scanner.walk(root_fd.as_fd())?;
 
     let Scanner { mut tree, work, .. } = scanner;
-    let contents = read_contents(root, root_fd.as_fd(), &work, opts)?;
+    let contents = read_contents(root, root_fd.as_fd(), &work, opts, sink)?;
     for (item, file) in work.iter().zip(contents) {
         if let InodeKind::Regular(r) = &mut tree.inode_mut(item.inode).kind {
             *r = file;
@@ -596,9 +630,10 @@ fn read_contents(
     root_fd: BorrowedFd<'_>,
     work: &[ContentWork],
     opts: &ScanOptions,
+    sink: &dyn ContentSink,
 ) -> Result<Vec<RegularFile>, ScanError> {
     let results = parallel_map(opts.effective_threads(), work, |item| {
-        file_content(root_fd, item, opts).map_err(|source| ScanError::Content {
+        file_content(root_fd, item, opts, sink).map_err(|source| ScanError::Content {
             path: root.join(OsStr::from_bytes(&item.rel)),
             source,
         })
@@ -626,6 +661,7 @@ fn file_content(
     root_fd: BorrowedFd<'_>,
     item: &ContentWork,
     opts: &ScanOptions,
+    sink: &dyn ContentSink,
 ) -> io::Result<RegularFile> {
     let mut file = open_regular(root_fd, &item.rel)?;
     if item.size <= opts.inline_max {
@@ -648,7 +684,7 @@ fn file_content(
         });
     }
     let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::Sequential);
-    let (digest, hashed) = digest_file(&mut file, opts.algorithm)?;
+    let (digest, hashed) = sink.consume(&mut file, opts.algorithm)?;
     // C hashes to EOF whatever the size; a file that changed size since the metadata scan would
     // give an image whose size and digest disagree, so refuse it instead.
     if hashed != item.size {
@@ -1341,11 +1377,11 @@ mod tests {
             rel: b"short".to_vec(),
             size: 10,
         };
-        let err = file_content(root_fd.as_fd(), &item, &opts()).expect_err("short read");
+        let err = file_content(root_fd.as_fd(), &item, &opts(), &HashOnly).expect_err("short read");
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         let work = [item];
-        let err =
-            read_contents(dir.path(), root_fd.as_fd(), &work, &opts()).expect_err("short read");
+        let err = read_contents(dir.path(), root_fd.as_fd(), &work, &opts(), &HashOnly)
+            .expect_err("short read");
         assert_eq!(
             err.to_string(),
             format!(
@@ -1360,7 +1396,8 @@ mod tests {
             rel: b"grew".to_vec(),
             size: 80,
         }];
-        let err = read_contents(dir.path(), root_fd.as_fd(), &grew, &opts()).expect_err("grew");
+        let err = read_contents(dir.path(), root_fd.as_fd(), &grew, &opts(), &HashOnly)
+            .expect_err("grew");
         assert!(
             err.to_string()
                 .ends_with("file changed during the scan: read 100 bytes, expected 80"),
@@ -1372,7 +1409,8 @@ mod tests {
             rel: b"gone".to_vec(),
             size: 100,
         }];
-        let err = read_contents(dir.path(), root_fd.as_fd(), &gone, &opts()).expect_err("missing");
+        let err = read_contents(dir.path(), root_fd.as_fd(), &gone, &opts(), &HashOnly)
+            .expect_err("missing");
         assert!(
             matches!(&err, ScanError::Content { path, source } if path.ends_with("gone") && source.kind() == io::ErrorKind::NotFound),
             "{err}"

@@ -16,8 +16,9 @@ mod print;
 mod tests;
 
 pub use parse::{
-    parse, DumpfileError, ErrorKind, Field, ParseOptions, PathProblem, INLINE_CONTENT_MAX, MAX_EXTERNAL_SIZE,
-    PATH_MAX, XATTR_INODE_BUDGET, XATTR_NAME_MAX, XATTR_SECTION_MAX, XATTR_VALUE_MAX,
+    parse, DumpfileError, ErrorKind, Field, ParseOptions, PathProblem, INLINE_CONTENT_MAX,
+    MAX_EXTERNAL_SIZE, PATH_MAX, XATTR_INODE_BUDGET, XATTR_NAME_MAX, XATTR_SECTION_MAX,
+    XATTR_VALUE_MAX,
 };
 pub use print::write_tree;
 

@@ -7,17 +7,24 @@
 //!
 //! Layers, from raw to interpreted:
 //! - [`Image`]: the composefs header and EROFS superblock, validated by [`Image::open`];
-//!   [`Image::inode`] gives an [`InodeRef`] for a NID.
+//!   [`Image::inode`] gives an [`InodeRef`] for a [`Nid`].
 //! - [`InodeRef`]: the raw inode — mode, ids, size, times, data layout ([`FlatData`],
 //!   [`ChunkInfo`]), xattrs as stored ([`Xattrs`], local entries first, then shared ones) and
 //!   directory entries ([`DirIter`], [`InodeRef::lookup`]).
 //! - [`Node`]: the composefs interpretation of an inode (§2.12): external/sparse/inline regular
 //!   files, escaped whiteouts turned back into chardev 0:0, overlay xattrs hidden or unescaped.
-//!   [`Image::children`] lists a directory the way the composefs view shows it (root whiteout
-//!   stubs hidden).
+//!   [`Image::children`] and [`Image::lookup_child`] show a directory the way the composefs
+//!   view does (`.`/`..` and the root whiteout stubs hidden).
 //! - Whole-image operations: [`read_tree`] (rebuild a [`Tree`](crate::tree::Tree)), [`dump`]
-//!   (C `composefs-info dump`), [`ls`], [`objects`] and [`object_digests`].
-#![deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//!   (C `composefs-info dump`), [`ls`], [`objects`] and [`object_digests`]. They walk the tree
+//!   iteratively with capped depth ([`MAX_DEPTH`]), path length ([`MAX_PATH_LEN`]) and entry
+//!   count, and fail on directory cycles, so their cost stays linear in the image size.
+#![deny(
+    clippy::indexing_slicing,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 mod composefs;
 mod dir;
@@ -35,7 +42,7 @@ pub use composefs::{Children, Node, NodeKind, OverlayXattrs, RegularData, Visibl
 pub use dir::{DirEntryRef, DirIter};
 pub use dump::{dump, ls, object_digests, objects};
 pub use error::{DumpError, ReadError};
-pub use image::Image;
+pub use image::{Image, Nid};
 pub use inode::{ChunkInfo, DataLayout, FileType, FlatData, InodeRef};
 pub use tree::read_tree;
 pub use xattr::{Xattr, Xattrs};

@@ -484,7 +484,11 @@ fn xattr_entry_len(name: &[u8], value: &[u8]) -> u64 {
 }
 
 impl Layout {
-    fn compute(nodes: &[Node<'_>], order: &[usize], _version: FormatVersion) -> Result<Self, WriteError> {
+    fn compute(
+        nodes: &[Node<'_>],
+        order: &[usize],
+        _version: FormatVersion,
+    ) -> Result<Self, WriteError> {
         let mut places = vec![Placement::default(); nodes.len()];
 
         // Xattrs are sorted per inode; pairs on two or more inodes go to the shared table.
@@ -509,7 +513,8 @@ impl Layout {
             .collect();
         shared_pairs.sort_by(cmp_shared);
         let mut shared_table = Vec::new();
-        let mut shared_offset: HashMap<(&[u8], &[u8]), u64> = HashMap::with_capacity(shared_pairs.len());
+        let mut shared_offset: HashMap<(&[u8], &[u8]), u64> =
+            HashMap::with_capacity(shared_pairs.len());
         for &(k, v) in &shared_pairs {
             shared_offset.insert((k, v), shared_table.len() as u64);
             encode_xattr_entry(&mut shared_table, k, v);
@@ -524,7 +529,8 @@ impl Layout {
                 _ => n.mtime,
             });
             has_acl |= n.xattrs.iter().any(|(k, _)| {
-                k.as_slice() == b"system.posix_acl_access" || k.as_slice() == b"system.posix_acl_default"
+                k.as_slice() == b"system.posix_acl_access"
+                    || k.as_slice() == b"system.posix_acl_default"
             });
         }
         let min_mtime = min_mtime.unwrap_or_default();
@@ -660,25 +666,46 @@ impl Layout {
         })
     }
 
-    fn emit(&self, nodes: &[Node<'_>], order: &[usize], version: FormatVersion) -> Result<Vec<u8>, WriteError> {
+    fn emit(
+        &self,
+        nodes: &[Node<'_>],
+        order: &[usize],
+        version: FormatVersion,
+    ) -> Result<Vec<u8>, WriteError> {
         let size = (self.total_blocks * BLOCK_SIZE) as usize;
         let mut img = vec![0u8; size];
 
         put32(&mut img, 0, COMPOSEFS_MAGIC);
         put32(&mut img, 4, COMPOSEFS_HEADER_VERSION);
-        put32(&mut img, 8, if self.has_acl { COMPOSEFS_FLAGS_HAS_ACL } else { 0 });
+        put32(
+            &mut img,
+            8,
+            if self.has_acl {
+                COMPOSEFS_FLAGS_HAS_ACL
+            } else {
+                0
+            },
+        );
         put32(&mut img, 12, version.number());
 
         let sbo = SUPERBLOCK_OFFSET;
         put32(&mut img, sbo + sb::MAGIC, EROFS_MAGIC);
-        put32(&mut img, sbo + sb::FEATURE_COMPAT, FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER);
+        put32(
+            &mut img,
+            sbo + sb::FEATURE_COMPAT,
+            FEATURE_COMPAT_MTIME | FEATURE_COMPAT_XATTR_FILTER,
+        );
         img[sbo + sb::BLKSZBITS] = BLOCK_BITS;
         put16(&mut img, sbo + sb::ROOT_NID, self.places[0].nid as u16);
         put64(&mut img, sbo + sb::INOS, order.len() as u64);
         put64(&mut img, sbo + sb::BUILD_TIME, self.min_mtime.sec as u64);
         put32(&mut img, sbo + sb::BUILD_TIME_NSEC, self.min_mtime.nsec);
         put32(&mut img, sbo + sb::BLOCKS, self.total_blocks as u32);
-        put32(&mut img, sbo + sb::XATTR_BLKADDR, (self.inodes_end / BLOCK_SIZE) as u32);
+        put32(
+            &mut img,
+            sbo + sb::XATTR_BLKADDR,
+            (self.inodes_end / BLOCK_SIZE) as u32,
+        );
 
         let table_start = self.inodes_end as usize;
         img[table_start..table_start + self.shared_table.len()].copy_from_slice(&self.shared_table);
@@ -731,7 +758,12 @@ impl Layout {
                 put16(&mut img, at + compact::UID, n.uid as u16);
                 put16(&mut img, at + compact::GID, n.gid as u16);
             }
-            let mut cursor = at + if p.extended { EXTENDED_INODE_SIZE } else { COMPACT_INODE_SIZE };
+            let mut cursor = at
+                + if p.extended {
+                    EXTENDED_INODE_SIZE
+                } else {
+                    COMPACT_INODE_SIZE
+                };
 
             if p.xattr_size > 0 {
                 xbuf.clear();
@@ -768,7 +800,11 @@ impl Layout {
                         None => (parent_nid, file_type::DIR),
                     };
                     for (c, &start) in shape.chunk_starts.iter().enumerate() {
-                        let end = shape.chunk_starts.get(c + 1).copied().unwrap_or(names.len());
+                        let end = shape
+                            .chunk_starts
+                            .get(c + 1)
+                            .copied()
+                            .unwrap_or(names.len());
                         let chunk = &names[start..end];
                         let dest = if (c as u64) < shape.blocks {
                             block_at + c * BLOCK_SIZE as usize
@@ -886,10 +922,22 @@ mod tests {
         add(&mut tree, b"chrdev", InodeKind::CharDevice(123));
         add(&mut tree, b"fifo", InodeKind::Fifo);
         let d = Digest::Sha256([0x5a; 32]);
-        add(&mut tree, b"regular-external", InodeKind::Regular(RegularFile::external(1234, d)));
-        add(&mut tree, b"regular-inline", InodeKind::Regular(RegularFile::inline(&b"hihi"[..])));
+        add(
+            &mut tree,
+            b"regular-external",
+            InodeKind::Regular(RegularFile::external(1234, d)),
+        );
+        add(
+            &mut tree,
+            b"regular-inline",
+            InodeKind::Regular(RegularFile::inline(&b"hihi"[..])),
+        );
         add(&mut tree, b"socket", InodeKind::Socket);
-        add(&mut tree, b"symlink", InodeKind::Symlink(b"/target"[..].into()));
+        add(
+            &mut tree,
+            b"symlink",
+            InodeKind::Symlink(b"/target"[..].into()),
+        );
         assert_eq!(
             image_digest(&tree, FormatVersion::V0),
             "9f3f5620ee0c54708516467d0d58741e7963047c7106b245d94c298259d0fa01"

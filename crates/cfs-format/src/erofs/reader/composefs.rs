@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use super::dir::{DirEntryRef, DirIter};
 use super::error::ReadError;
-use super::image::Image;
+use super::image::{Image, Nid};
 use super::inode::{DataLayout, FileType, FlatData, InodeRef};
 use super::xattr::{Xattr, Xattrs};
 use crate::erofs::format::{self, file_type};
@@ -337,7 +337,7 @@ impl<'a> Image<'a> {
     /// 0:0. Returns the loaded inode when it is not a stub and had to be loaded.
     pub(crate) fn stub_check(
         &self,
-        dir_nid: u64,
+        dir_nid: Nid,
         entry: &DirEntryRef<'a>,
     ) -> Result<(bool, Option<InodeRef<'a>>), ReadError> {
         if dir_nid != self.root_nid()
@@ -384,7 +384,7 @@ impl<'a> Image<'a> {
 #[derive(Debug, Clone)]
 pub struct Children<'a> {
     image: Image<'a>,
-    dir_nid: u64,
+    dir_nid: Nid,
     inner: DirIter<'a>,
     done: bool,
 }

@@ -10,6 +10,7 @@
 use std::cmp::Ordering;
 
 use super::error::ReadError;
+use super::image::Nid;
 use super::inode::{FlatData, InodeRef};
 use super::{le_u16, le_u64};
 use crate::erofs::format::{BLOCK_SIZE, DIRENT_SIZE};
@@ -21,7 +22,7 @@ pub struct DirEntryRef<'a> {
     /// The name (1..=255 bytes, no `/` or NUL).
     pub name: &'a [u8],
     /// The inode it refers to.
-    pub nid: u64,
+    pub nid: Nid,
     /// The stored `EROFS_FT_*` file type (not checked against the inode).
     pub file_type: u8,
 }
@@ -42,7 +43,7 @@ struct Block<'a> {
 }
 
 impl<'a> Block<'a> {
-    fn parse(bytes: &'a [u8], offset: u64, nid: u64) -> Result<Self, ReadError> {
+    fn parse(bytes: &'a [u8], offset: u64, nid: Nid) -> Result<Self, ReadError> {
         let first = le_u16(bytes, 8).ok_or(ReadError::BadDirent {
             nid,
             offset,
@@ -63,7 +64,7 @@ impl<'a> Block<'a> {
         })
     }
 
-    fn entry(&self, i: usize, nid: u64) -> Result<DirEntryRef<'a>, ReadError> {
+    fn entry(&self, i: usize, nid: Nid) -> Result<DirEntryRef<'a>, ReadError> {
         let base = i * DIRENT_SIZE;
         let at = self.offset + base as u64;
         let bad = |offset, reason| ReadError::BadDirent {
@@ -72,24 +73,26 @@ impl<'a> Block<'a> {
             reason,
         };
         let entry_nid = le_u64(self.bytes, base).ok_or(bad(at, "dirent out of bounds"))?;
-        let nameoff = usize::from(le_u16(self.bytes, base + 8).ok_or(bad(at, "dirent out of bounds"))?);
+        let nameoff =
+            usize::from(le_u16(self.bytes, base + 8).ok_or(bad(at, "dirent out of bounds"))?);
         let file_type = self.bytes.get(base + 10).copied().unwrap_or(0);
         let last = i + 1 >= self.count;
         let end = if last {
             self.bytes.len()
         } else {
             usize::from(
-                le_u16(self.bytes, base + DIRENT_SIZE + 8).ok_or(bad(at, "dirent out of bounds"))?,
+                le_u16(self.bytes, base + DIRENT_SIZE + 8)
+                    .ok_or(bad(at, "dirent out of bounds"))?,
             )
         };
         let name_at = self.offset + nameoff as u64;
         if nameoff < self.count * DIRENT_SIZE {
             return Err(bad(name_at, "name overlaps the dirent table"));
         }
-        let mut name = self
-            .bytes
-            .get(nameoff..end)
-            .ok_or(bad(name_at, "name out of bounds or name offsets not increasing"))?;
+        let mut name = self.bytes.get(nameoff..end).ok_or(bad(
+            name_at,
+            "name out of bounds or name offsets not increasing",
+        ))?;
         if last {
             if let Some(nul) = name.iter().position(|&b| b == 0) {
                 name = name.get(..nul).unwrap_or(&[]);
@@ -106,13 +109,13 @@ impl<'a> Block<'a> {
         }
         Ok(DirEntryRef {
             name,
-            nid: entry_nid,
+            nid: Nid(entry_nid),
             file_type,
         })
     }
 
     /// Binary search for `name` among this block's entries.
-    fn find(&self, name: &[u8], nid: u64) -> Result<Option<DirEntryRef<'a>>, ReadError> {
+    fn find(&self, name: &[u8], nid: Nid) -> Result<Option<DirEntryRef<'a>>, ReadError> {
         let (mut lo, mut hi) = (0, self.count);
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
@@ -130,14 +133,14 @@ impl<'a> Block<'a> {
 /// The block structure of a directory's data.
 #[derive(Debug, Clone, Copy)]
 struct Blocks<'a> {
-    nid: u64,
+    nid: Nid,
     data: FlatData<'a>,
     head_blocks: u64,
     count: u64,
 }
 
 impl<'a> Blocks<'a> {
-    fn new(nid: u64, data: FlatData<'a>) -> Self {
+    fn new(nid: Nid, data: FlatData<'a>) -> Self {
         let head_blocks = (data.head().len() as u64).div_ceil(BLOCK_SIZE);
         let count = head_blocks + u64::from(!data.tail().is_empty());
         Blocks {

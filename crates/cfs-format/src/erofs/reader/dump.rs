@@ -11,14 +11,14 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::io::Write;
 
-use super::composefs::{OverlayName, classify, metacopy_digest, normalize, redirect_payload};
+use super::composefs::{classify, metacopy_digest, normalize, redirect_payload, OverlayName};
 use super::error::{DumpError, ReadError};
 use super::image::Image;
 use super::inode::{DataLayout, FileType, InodeRef};
 use super::walk::walk;
-use crate::dumpfile::{EntryLine, write_entry_line};
+use crate::dumpfile::{write_entry_line, EntryLine};
 use crate::fsverity::Digest;
-use crate::tree::{Mtime, mode};
+use crate::tree::{mode, Mtime};
 
 /// An inode as C's `lcfs_load_node_from_image` sees it.
 struct CNode<'a> {
@@ -196,7 +196,11 @@ impl Image<'_> {
                     mode::S_IFDIR => line.extend_from_slice(b"/\t"),
                     mode::S_IFLNK => {
                         line.extend_from_slice(b"\t-> ");
-                        escape_c(&mut line, node.payload.as_deref().unwrap_or_default(), false);
+                        escape_c(
+                            &mut line,
+                            node.payload.as_deref().unwrap_or_default(),
+                            false,
+                        );
                     }
                     mode::S_IFREG => {
                         if let Some(payload) = node.payload.as_deref() {
@@ -264,7 +268,11 @@ impl Image<'_> {
 /// outside 0x21..=0x7e (0x20..=0x7e with `keep_space`) as `\xhh`.
 fn escape_c(out: &mut Vec<u8>, bytes: &[u8], keep_space: bool) {
     fn hex(n: u8) -> u8 {
-        if n < 10 { b'0' + n } else { b'a' + n - 10 }
+        if n < 10 {
+            b'0' + n
+        } else {
+            b'a' + n - 10
+        }
     }
     for &b in bytes {
         match b {

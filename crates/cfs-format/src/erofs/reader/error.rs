@@ -2,6 +2,8 @@
 
 use std::io;
 
+use super::image::Nid;
+
 /// Why an image (or a part of it) could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -62,7 +64,7 @@ pub enum ReadError {
     #[error("bad inode {nid}: {reason}")]
     BadInode {
         /// The inode.
-        nid: u64,
+        nid: Nid,
         /// What is wrong.
         reason: &'static str,
     },
@@ -70,7 +72,7 @@ pub enum ReadError {
     #[error("inode {nid} uses unsupported data layout {layout}")]
     UnsupportedLayout {
         /// The inode.
-        nid: u64,
+        nid: Nid,
         /// The raw `datalayout` value.
         layout: u16,
     },
@@ -78,7 +80,7 @@ pub enum ReadError {
     #[error("bad xattr of inode {nid} at offset {offset}: {reason}")]
     BadXattr {
         /// The inode.
-        nid: u64,
+        nid: Nid,
         /// Byte offset of the entry (or shared id slot) in the image.
         offset: u64,
         /// What is wrong.
@@ -88,7 +90,7 @@ pub enum ReadError {
     #[error("bad directory entry in inode {nid} at offset {offset}: {reason}")]
     BadDirent {
         /// The directory inode.
-        nid: u64,
+        nid: Nid,
         /// Byte offset of the entry or name in the image.
         offset: u64,
         /// What is wrong.
@@ -98,25 +100,25 @@ pub enum ReadError {
     #[error("inode {nid} is not a directory")]
     NotADirectory {
         /// The inode.
-        nid: u64,
+        nid: Nid,
     },
     /// The root inode is not a directory.
     #[error("root inode {nid} is not a directory")]
     RootNotADirectory {
         /// The root NID from the superblock.
-        nid: u64,
+        nid: Nid,
     },
     /// A directory is reachable through more than one entry (a cycle or a directory hardlink).
     #[error("directory inode {nid} is reachable more than once (loop or directory hardlink)")]
     InodeLoop {
         /// The directory inode.
-        nid: u64,
+        nid: Nid,
     },
     /// Two entries of one directory have the same name.
     #[error("directory inode {nid} has the name {name:?} twice")]
     DuplicateName {
         /// The directory inode.
-        nid: u64,
+        nid: Nid,
         /// The name, lossily decoded.
         name: String,
     },
@@ -125,7 +127,7 @@ pub enum ReadError {
     #[error("directory tree too deep at inode {nid} (depth {depth})")]
     TooDeep {
         /// The directory that would exceed the limit.
-        nid: u64,
+        nid: Nid,
         /// Its depth.
         depth: usize,
     },

@@ -4,11 +4,36 @@ use super::error::ReadError;
 use super::inode::InodeRef;
 use super::{field_u16, field_u32, field_u64};
 use crate::erofs::format::{
-    self, BLOCK_BITS, BLOCK_SIZE, COMPOSEFS_HEADER_SIZE, COMPOSEFS_HEADER_VERSION, COMPOSEFS_MAGIC,
-    EROFS_MAGIC, FEATURE_COMPAT_MTIME, FEATURE_COMPAT_SB_CHKSUM, FEATURE_COMPAT_XATTR_FILTER,
-    INODE_SLOT_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE, sb,
+    self, sb, BLOCK_BITS, BLOCK_SIZE, COMPOSEFS_HEADER_SIZE, COMPOSEFS_HEADER_VERSION,
+    COMPOSEFS_MAGIC, EROFS_MAGIC, FEATURE_COMPAT_MTIME, FEATURE_COMPAT_SB_CHKSUM,
+    FEATURE_COMPAT_XATTR_FILTER, INODE_SLOT_SIZE, SUPERBLOCK_OFFSET, SUPERBLOCK_SIZE,
 };
 use crate::tree::Mtime;
+
+/// An EROFS node id: the inode's byte offset (from `meta_blkaddr`) divided by 32.
+///
+/// composefs images put the root at NID 36 or a little after; NIDs of other inodes follow their
+/// byte positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Nid(pub u64);
+
+impl std::fmt::Display for Nid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<u64> for Nid {
+    fn from(nid: u64) -> Self {
+        Nid(nid)
+    }
+}
+
+impl From<Nid> for u64 {
+    fn from(nid: Nid) -> Self {
+        nid.0
+    }
+}
 
 /// `feature_compat` bits this reader understands.
 const KNOWN_COMPAT: u32 =
@@ -30,7 +55,7 @@ pub struct Image<'a> {
     flags: u32,
     composefs_version: u32,
     feature_compat: u32,
-    root_nid: u64,
+    root_nid: Nid,
     inos: u64,
     build_time: Mtime,
     blocks: u32,
@@ -117,7 +142,7 @@ impl<'a> Image<'a> {
             flags,
             composefs_version,
             feature_compat,
-            root_nid: u64::from(field_u16(superblock, sb::ROOT_NID)),
+            root_nid: Nid(u64::from(field_u16(superblock, sb::ROOT_NID))),
             inos: field_u64(superblock, sb::INOS),
             build_time,
             blocks,
@@ -164,7 +189,7 @@ impl<'a> Image<'a> {
     }
 
     /// NID of the root directory.
-    pub fn root_nid(&self) -> u64 {
+    pub fn root_nid(&self) -> Nid {
         self.root_nid
     }
 
@@ -194,12 +219,19 @@ impl<'a> Image<'a> {
     }
 
     /// Byte offset of inode `nid`, or `None` on overflow.
-    pub(crate) fn inode_offset(&self, nid: u64) -> Option<u64> {
-        nid.checked_mul(INODE_SLOT_SIZE)?.checked_add(self.meta_base)
+    pub(crate) fn inode_offset(&self, nid: Nid) -> Option<u64> {
+        nid.0
+            .checked_mul(INODE_SLOT_SIZE)?
+            .checked_add(self.meta_base)
     }
 
     /// `len` bytes at `offset`, or [`ReadError::OutOfBounds`] naming `what`.
-    pub(crate) fn bytes(&self, offset: u64, len: u64, what: &'static str) -> Result<&'a [u8], ReadError> {
+    pub(crate) fn bytes(
+        &self,
+        offset: u64,
+        len: u64,
+        what: &'static str,
+    ) -> Result<&'a [u8], ReadError> {
         let oob = ReadError::OutOfBounds { what, offset, len };
         let start = usize::try_from(offset).map_err(|_| oob.clone())?;
         let len_usize = usize::try_from(len).map_err(|_| oob.clone())?;
@@ -208,7 +240,7 @@ impl<'a> Image<'a> {
     }
 
     /// Inode `nid`, with its header validated (data and xattrs are checked on access).
-    pub fn inode(&self, nid: u64) -> Result<InodeRef<'a>, ReadError> {
+    pub fn inode(&self, nid: Nid) -> Result<InodeRef<'a>, ReadError> {
         InodeRef::parse(*self, nid)
     }
 

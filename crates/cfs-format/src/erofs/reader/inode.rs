@@ -3,13 +3,13 @@
 use std::borrow::Cow;
 
 use super::error::ReadError;
-use super::image::Image;
+use super::image::{Image, Nid};
 use super::{field_u16, field_u32, field_u64};
 use crate::erofs::format::{
-    self, BLOCK_SIZE, CHUNK_FORMAT_BLKBITS_MASK, CHUNK_FORMAT_INDEXES, COMPACT_INODE_SIZE,
-    EXTENDED_INODE_SIZE, NULL_ADDR, compact, extended, file_type,
+    self, compact, extended, file_type, BLOCK_SIZE, CHUNK_FORMAT_BLKBITS_MASK,
+    CHUNK_FORMAT_INDEXES, COMPACT_INODE_SIZE, EXTENDED_INODE_SIZE, NULL_ADDR,
 };
-use crate::tree::{Mtime, mode};
+use crate::tree::{mode, Mtime};
 
 /// The type of an inode, from the `S_IFMT` bits of its mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,7 +90,7 @@ pub enum DataLayout {
 #[derive(Debug, Clone, Copy)]
 pub struct InodeRef<'a> {
     image: Image<'a>,
-    nid: u64,
+    nid: Nid,
     offset: u64,
     extended: bool,
     layout: DataLayout,
@@ -107,7 +107,7 @@ pub struct InodeRef<'a> {
 }
 
 impl<'a> InodeRef<'a> {
-    pub(crate) fn parse(image: Image<'a>, nid: u64) -> Result<Self, ReadError> {
+    pub(crate) fn parse(image: Image<'a>, nid: Nid) -> Result<Self, ReadError> {
         let offset = image.inode_offset(nid).ok_or(ReadError::OutOfBounds {
             what: "inode",
             offset: u64::MAX,
@@ -197,7 +197,7 @@ impl<'a> InodeRef<'a> {
     }
 
     /// The node id.
-    pub fn nid(&self) -> u64 {
+    pub fn nid(&self) -> Nid {
         self.nid
     }
 

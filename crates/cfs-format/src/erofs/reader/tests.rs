@@ -1,7 +1,12 @@
 //! Reader tests: C conformance vectors round-tripped through `dump`, the worked examples of
 //! FORMATS.md §10.3a, API unit tests, `mkfs.erofs` images, and a mutation proptest that feeds
 //! damaged images to every entry point.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::collections::BTreeSet;
 use std::io;
@@ -10,9 +15,9 @@ use proptest::prelude::*;
 use sha2::{Digest as _, Sha256};
 
 use super::*;
-use crate::dumpfile::{ParseOptions, parse};
-use crate::erofs::format::{FormatVersion, file_type};
-use crate::erofs::writer::{WriteOptions, write_image};
+use crate::dumpfile::{parse, ParseOptions};
+use crate::erofs::format::{file_type, FormatVersion};
+use crate::erofs::writer::{write_image, WriteOptions};
 use crate::fsverity::Digest;
 use crate::tree::{self, FileData, InodeKind, Metadata, RegularFile, Tree};
 
@@ -162,9 +167,7 @@ fn vectors() -> Vec<(&'static str, String)> {
     v.push(("external", external));
     v.push((
         "collide",
-        format!(
-            "{ROOT}/7f 3 100644 1 0 0 0 0.0 - abc -\n/ab 0 20000 1 0 0 0 0.0 - - -\n"
-        ),
+        format!("{ROOT}/7f 3 100644 1 0 0 0 0.0 - abc -\n/ab 0 20000 1 0 0 0 0.0 - - -\n"),
     ));
     // C test assets (§2.16).
     v.push((
@@ -245,7 +248,8 @@ const EXAMPLE_A: &str = "/ 4096 40755 3 0 0 0 1700000003.1 - - -
 /sub/f 6 100644 1 0 0 0 1700000000.500000000 - hello\\n -
 ";
 
-const EXAMPLE_B: &str = "/ 4096 40755 2 0 0 0 1600000001.0 - - - trusted.overlay.opaque=x user.overlay.opaque=x
+const EXAMPLE_B: &str =
+    "/ 4096 40755 2 0 0 0 1600000001.0 - - - trusted.overlay.opaque=x user.overlay.opaque=x
 /blk 0 60640 1 0 0 1050668 1600000000.999999999 - - -
 /chr 0 20640 1 0 0 259 1600000000.1 - - -
 /nl\\nx 1 100640 1 0 0 0 1600000000.999999999 - b -
@@ -292,7 +296,10 @@ fn worked_examples_dump_exactly_like_c() {
 
 #[test]
 fn hardlink_lines_carry_target_metadata() {
-    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "hardlinks").unwrap();
+    let (_, text) = vectors()
+        .into_iter()
+        .find(|(n, _)| *n == "hardlinks")
+        .unwrap();
     let image = image_of(&text, WriteOptions::default());
     let expected = "/ 4096 40755 4 0 0 0 0.0 - - -
 /a 4096 40755 3 0 0 0 0.0 - - -
@@ -320,7 +327,10 @@ fn hardlink_lines_carry_target_metadata() {
 
 #[test]
 fn dump_filter_keeps_named_root_entries() {
-    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "hardlinks").unwrap();
+    let (_, text) = vectors()
+        .into_iter()
+        .find(|(n, _)| *n == "hardlinks")
+        .unwrap();
     let image = image_of(&text, WriteOptions::default());
     let got = dump_string(&image, &[b"b", b"z"]);
     let lines: Vec<&str> = got.lines().collect();
@@ -345,7 +355,7 @@ fn open_reads_header_and_superblock() {
     let img = Image::open(&image).unwrap();
     assert_eq!(img.composefs_version(), 1);
     assert!(img.has_root_stubs());
-    assert_eq!(img.root_nid(), 36);
+    assert_eq!(img.root_nid(), Nid(36));
     assert_eq!(u64::from(img.blocks()) * 4096, image.len() as u64);
     assert!(!img.has_acl());
     assert_eq!(img.inos(), 1 + 7 + 256);
@@ -383,7 +393,10 @@ fn open_rejects_bad_headers() {
     };
     assert!(matches!(
         Image::open(&patched(0, &[0; 4])),
-        Err(ReadError::BadMagic { what: "composefs header", .. })
+        Err(ReadError::BadMagic {
+            what: "composefs header",
+            ..
+        })
     ));
     assert!(matches!(
         Image::open(&patched(4, &2u32.to_le_bytes())),
@@ -395,7 +408,10 @@ fn open_rejects_bad_headers() {
     ));
     assert!(matches!(
         Image::open(&patched(1024, &[0; 4])),
-        Err(ReadError::BadMagic { what: "EROFS superblock", .. })
+        Err(ReadError::BadMagic {
+            what: "EROFS superblock",
+            ..
+        })
     ));
     assert!(matches!(
         Image::open(&patched(1036, &[13])),
@@ -403,11 +419,17 @@ fn open_rejects_bad_headers() {
     ));
     assert!(matches!(
         Image::open(&patched(1032, &8u32.to_le_bytes())),
-        Err(ReadError::UnsupportedFeatures { compat: 8, incompat: 0 })
+        Err(ReadError::UnsupportedFeatures {
+            compat: 8,
+            incompat: 0
+        })
     ));
     assert!(matches!(
         Image::open(&patched(1104, &1u32.to_le_bytes())),
-        Err(ReadError::UnsupportedFeatures { compat: 0, incompat: 1 })
+        Err(ReadError::UnsupportedFeatures {
+            compat: 0,
+            incompat: 1
+        })
     ));
     assert!(matches!(
         Image::open(&image[..image.len() - 4096]),
@@ -421,7 +443,7 @@ fn open_rejects_bad_headers() {
     let root = Image::open(&image).unwrap().root().unwrap();
     let child = root.lookup(b"fifo").unwrap().unwrap().nid;
     assert!(matches!(
-        Image::open(&patched(1038, &(child as u16).to_le_bytes())),
+        Image::open(&patched(1038, &(child.0 as u16).to_le_bytes())),
         Err(ReadError::RootNotADirectory { .. })
     ));
     // Trailing bytes past `blocks` are ignored.
@@ -457,17 +479,27 @@ fn inode_accessors() {
     let payload = format!("5a/{}", rep("5a", 31));
     assert_eq!(node.overlay().payload(), Some(payload.as_bytes()));
     match node.regular_data().unwrap().unwrap() {
-        RegularData::External { digest: d, payload: p } => {
+        RegularData::External {
+            digest: d,
+            payload: p,
+        } => {
             assert_eq!(d, Some(digest));
             assert_eq!(p, Some(payload.as_bytes()));
         }
         other => panic!("{other:?}"),
     }
     // The raw xattrs hold metacopy and redirect; the visible ones hide them.
-    let raw: Vec<Vec<u8>> = ext.xattrs().unwrap().map(|x| x.unwrap().full_name()).collect();
+    let raw: Vec<Vec<u8>> = ext
+        .xattrs()
+        .unwrap()
+        .map(|x| x.unwrap().full_name())
+        .collect();
     assert_eq!(
         raw,
-        [&b"trusted.overlay.metacopy"[..], b"trusted.overlay.redirect"]
+        [
+            &b"trusted.overlay.metacopy"[..],
+            b"trusted.overlay.redirect"
+        ]
     );
     assert_eq!(node.xattrs().unwrap().count(), 0);
     assert_eq!(
@@ -498,7 +530,10 @@ fn inline_data_split_between_block_and_tail() {
     let image = image_of(&text, WriteOptions::default());
     let img = Image::open(&image).unwrap();
     for n in [1usize, 64, 2048, 2049, 4095, 4096, 4097, 5000] {
-        let inode = img.resolve(format!("/i{n:04}").as_bytes()).unwrap().unwrap();
+        let inode = img
+            .resolve(format!("/i{n:04}").as_bytes())
+            .unwrap()
+            .unwrap();
         let data = inode.data().unwrap();
         assert_eq!(data.len(), n as u64);
         assert_eq!(&*data.to_cow(), rep("x", n).as_bytes());
@@ -516,11 +551,17 @@ fn inline_data_split_between_block_and_tail() {
 
 #[test]
 fn symlink_promoted_to_a_block() {
-    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "symlinks").unwrap();
+    let (_, text) = vectors()
+        .into_iter()
+        .find(|(n, _)| *n == "symlinks")
+        .unwrap();
     let image = image_of(&text, WriteOptions::default());
     let img = Image::open(&image).unwrap();
     for n in [1usize, 100, 4000, 4095] {
-        let inode = img.resolve(format!("/s{n:04}").as_bytes()).unwrap().unwrap();
+        let inode = img
+            .resolve(format!("/s{n:04}").as_bytes())
+            .unwrap()
+            .unwrap();
         assert_eq!(&*inode.symlink_target().unwrap(), rep("t", n).as_bytes());
     }
     let big = img.resolve(b"/s4095").unwrap().unwrap();
@@ -553,7 +594,10 @@ fn lookup_in_multi_block_directory() {
 
 #[test]
 fn stubs_hidden_only_in_the_root_of_v0_v1() {
-    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "collide").unwrap();
+    let (_, text) = vectors()
+        .into_iter()
+        .find(|(n, _)| *n == "collide")
+        .unwrap();
     let mut image = image_of(&text, WriteOptions::default());
     let img = Image::open(&image).unwrap();
     assert_eq!(img.composefs_version(), 1);
@@ -571,7 +615,14 @@ fn stubs_hidden_only_in_the_root_of_v0_v1() {
     assert!(matches!(node.kind().unwrap(), NodeKind::CharDevice(0)));
     assert_eq!(node.xattrs().unwrap().count(), 0);
     let tree = read_tree(&image).unwrap();
-    let names: Vec<&[u8]> = tree.root().as_dir().unwrap().entries.keys().map(|k| &**k).collect();
+    let names: Vec<&[u8]> = tree
+        .root()
+        .as_dir()
+        .unwrap()
+        .entries
+        .keys()
+        .map(|k| &**k)
+        .collect();
     assert_eq!(names, [&b"7f"[..], b"ab"]);
     assert_eq!(
         tree.inode(tree.lookup_path(b"/ab").unwrap()).kind,
@@ -590,32 +641,49 @@ fn visible_xattrs_follow_the_composefs_rules() {
     let img = Image::open(&image).unwrap();
     assert!(img.has_acl());
     let b = img.resolve(b"/b").unwrap().unwrap();
-    let raw: BTreeSet<Vec<u8>> = b.xattrs().unwrap().map(|x| x.unwrap().full_name()).collect();
+    let raw: BTreeSet<Vec<u8>> = b
+        .xattrs()
+        .unwrap()
+        .map(|x| x.unwrap().full_name())
+        .collect();
     assert!(raw.contains(&b"trusted.overlay.overlay.foo"[..]));
     let node = b.node().unwrap();
-    let visible: BTreeSet<Vec<u8>> =
-        node.xattrs().unwrap().map(|x| x.unwrap().full_name()).collect();
-    let expected: BTreeSet<Vec<u8>> = [
-        &b"security.selinux"[..],
-        b"trusted.overlay.foo",
-        b"user.x",
-    ]
-    .into_iter()
-    .map(Vec::from)
-    .collect();
+    let visible: BTreeSet<Vec<u8>> = node
+        .xattrs()
+        .unwrap()
+        .map(|x| x.unwrap().full_name())
+        .collect();
+    let expected: BTreeSet<Vec<u8>> = [&b"security.selinux"[..], b"trusted.overlay.foo", b"user.x"]
+        .into_iter()
+        .map(Vec::from)
+        .collect();
     assert_eq!(visible, expected);
-    assert_eq!(node.xattr(b"trusted.overlay.foo").unwrap(), Some(&b"bar"[..]));
+    assert_eq!(
+        node.xattr(b"trusted.overlay.foo").unwrap(),
+        Some(&b"bar"[..])
+    );
     assert_eq!(node.xattr(b"trusted.overlay.overlay.foo").unwrap(), None);
     assert_eq!(node.xattr(b"user.x").unwrap(), Some(&b"2"[..]));
     // Shared xattrs resolve through xattr_blkaddr.
     let a = img.resolve(b"/a").unwrap().unwrap();
-    let shared: Vec<_> = a.xattrs().unwrap().map(|x| x.unwrap()).filter(|x| x.is_shared()).collect();
+    let shared: Vec<_> = a
+        .xattrs()
+        .unwrap()
+        .map(|x| x.unwrap())
+        .filter(|x| x.is_shared())
+        .collect();
     assert!(!shared.is_empty());
-    assert!(shared.iter().any(|x| x.name_eq(b"user.x") && x.value() == b"1"));
+    assert!(shared
+        .iter()
+        .any(|x| x.name_eq(b"user.x") && x.value() == b"1"));
     // The root's opaque=y is hidden.
     let root = img.root().unwrap().node().unwrap();
     assert_eq!(root.xattr(b"trusted.overlay.opaque").unwrap(), None);
-    assert!(root.inode().raw_xattr(b"trusted.overlay.opaque").unwrap().is_some());
+    assert!(root
+        .inode()
+        .raw_xattr(b"trusted.overlay.opaque")
+        .unwrap()
+        .is_some());
     // POSIX ACL names (index 2, empty suffix).
     let d = img.resolve(b"/d").unwrap().unwrap().node().unwrap();
     assert_eq!(
@@ -627,11 +695,17 @@ fn visible_xattrs_follow_the_composefs_rules() {
 
 #[test]
 fn whiteout_markers_and_opaque_in_dump_and_tree() {
-    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "whiteouts").unwrap();
+    let (_, text) = vectors()
+        .into_iter()
+        .find(|(n, _)| *n == "whiteouts")
+        .unwrap();
     let image = image_of(&text, WriteOptions::default());
     let text = dump_string(&image, &[]);
     let etc = text.lines().find(|l| l.starts_with("/etc ")).unwrap();
-    assert!(etc.ends_with(" - - - trusted.overlay.opaque=x user.overlay.opaque=x"), "{etc}");
+    assert!(
+        etc.ends_with(" - - - trusted.overlay.opaque=x user.overlay.opaque=x"),
+        "{etc}"
+    );
     let gone = text.lines().find(|l| l.starts_with("/etc/gone ")).unwrap();
     assert_eq!(gone, "/etc/gone 0 20000 1 0 0 0 0.0 - - -");
     let tree = read_tree(&image).unwrap();
@@ -643,7 +717,10 @@ fn whiteout_markers_and_opaque_in_dump_and_tree() {
 
 #[test]
 fn ls_objects_and_digests() {
-    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "external").unwrap();
+    let (_, text) = vectors()
+        .into_iter()
+        .find(|(n, _)| *n == "external")
+        .unwrap();
     let image = image_of(&text, WriteOptions::default());
     let listing = ls_string(&image, &[]);
     let first = listing.lines().next().unwrap();
@@ -666,7 +743,10 @@ fn ls_objects_and_digests() {
         ls_string(&image, &[b"symlink", b"fifo"]),
         "/fifo\n/symlink\t-> /target\n"
     );
-    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "hardlinks").unwrap();
+    let (_, text) = vectors()
+        .into_iter()
+        .find(|(n, _)| *n == "hardlinks")
+        .unwrap();
     let image = image_of(&text, WriteOptions::default());
     assert_eq!(
         ls_string(&image, &[]),
@@ -684,18 +764,38 @@ const EXAMPLE_B_NAMES: (&str, &str) = (
 
 #[test]
 fn read_tree_rebuilds_hardlinks_and_kinds() {
-    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "hardlinks").unwrap();
+    let (_, text) = vectors()
+        .into_iter()
+        .find(|(n, _)| *n == "hardlinks")
+        .unwrap();
     let image = image_of(&text, WriteOptions::default());
     let tree = read_tree(&image).unwrap();
     let f = tree.lookup_path(b"/a/deep/f").unwrap();
-    assert_eq!(tree.lookup(tree.lookup_path(b"/b").unwrap(), b"link").unwrap().inode, f);
-    assert!(tree.lookup(tree.lookup_path(b"/b").unwrap(), b"link").unwrap().hardlink);
+    assert_eq!(
+        tree.lookup(tree.lookup_path(b"/b").unwrap(), b"link")
+            .unwrap()
+            .inode,
+        f
+    );
+    assert!(
+        tree.lookup(tree.lookup_path(b"/b").unwrap(), b"link")
+            .unwrap()
+            .hardlink
+    );
     assert!(tree.lookup(tree::InodeId::ROOT, b"z").unwrap().hardlink);
-    assert!(!tree.lookup(tree.lookup_path(b"/a/deep").unwrap(), b"f").unwrap().hardlink);
+    assert!(
+        !tree
+            .lookup(tree.lookup_path(b"/a/deep").unwrap(), b"f")
+            .unwrap()
+            .hardlink
+    );
     assert_eq!(tree.inode(f).meta.nlink, 3);
     assert_eq!(tree.inodes.len(), 5);
 
-    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "external").unwrap();
+    let (_, text) = vectors()
+        .into_iter()
+        .find(|(n, _)| *n == "external")
+        .unwrap();
     let tree = read_tree(&image_of(&text, WriteOptions::default())).unwrap();
     let kind = |p: &[u8]| tree.inode(tree.lookup_path(p).unwrap()).kind.clone();
     assert_eq!(
@@ -715,10 +815,11 @@ fn read_tree_rebuilds_hardlinks_and_kinds() {
     match kind(b"/nodigest") {
         InodeKind::Regular(RegularFile {
             size: 4097,
-            data: FileData::External {
-                digest: None,
-                payload: Some(p),
-            },
+            data:
+                FileData::External {
+                    digest: None,
+                    payload: Some(p),
+                },
         }) => assert_eq!(&*p, format!("ab/{}", rep("ab", 31)).as_bytes()),
         other => panic!("{other:?}"),
     }
@@ -756,23 +857,31 @@ fn find_dirent(image: &[u8], dir: &[u8], name: &[u8]) -> usize {
 
 #[test]
 fn directory_cycles_are_errors() {
-    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "hardlinks").unwrap();
+    let (_, text) = vectors()
+        .into_iter()
+        .find(|(n, _)| *n == "hardlinks")
+        .unwrap();
     let image = image_of(&text, WriteOptions::default());
     let root_nid = Image::open(&image).unwrap().root_nid();
     // Point /a/deep back at the root.
     let pos = find_dirent(&image, b"/a", b"deep");
     let mut bad = image.clone();
-    bad[pos..pos + 8].copy_from_slice(&root_nid.to_le_bytes());
+    bad[pos..pos + 8].copy_from_slice(&root_nid.0.to_le_bytes());
     assert!(matches!(read_tree(&bad), Err(ReadError::InodeLoop { nid }) if nid == root_nid));
     assert!(matches!(
         dump(&bad, &mut io::sink(), &[]),
         Err(DumpError::Read(ReadError::InodeLoop { .. }))
     ));
     // Point /b at /a: a directory hardlink.
-    let a = Image::open(&image).unwrap().resolve(b"/a").unwrap().unwrap().nid();
+    let a = Image::open(&image)
+        .unwrap()
+        .resolve(b"/a")
+        .unwrap()
+        .unwrap()
+        .nid();
     let pos = find_dirent(&image, b"/", b"b");
     let mut bad = image.clone();
-    bad[pos..pos + 8].copy_from_slice(&a.to_le_bytes());
+    bad[pos..pos + 8].copy_from_slice(&a.0.to_le_bytes());
     assert!(matches!(read_tree(&bad), Err(ReadError::InodeLoop { nid }) if nid == a));
     assert!(matches!(objects(&bad), Err(ReadError::InodeLoop { .. })));
 }
@@ -784,7 +893,11 @@ fn bad_dirents_and_xattrs_are_errors() {
     let img = Image::open(&image).unwrap();
     let root = img.root().unwrap();
     let tail = root.data().unwrap();
-    let block = if tail.tail().is_empty() { tail.head_offset() } else { tail.tail_offset() } as usize;
+    let block = if tail.tail().is_empty() {
+        tail.head_offset()
+    } else {
+        tail.tail_offset()
+    } as usize;
 
     // First nameoff not a multiple of 12.
     let mut bad = image.clone();
@@ -835,6 +948,64 @@ fn bad_dirents_and_xattrs_are_errors() {
     assert!(matches!(read_tree(&bad), Err(ReadError::BadInode { .. })));
 }
 
+#[test]
+fn unsorted_and_duplicate_names_are_errors() {
+    let image = simple_image();
+    let pos = |name: &[u8]| image.windows(name.len()).position(|w| w == name).unwrap();
+    let (blk, chr) = (pos(b"blkdev"), pos(b"chrdev"));
+    let mut bad = image.clone();
+    bad[blk..blk + 6].copy_from_slice(b"chrdev");
+    bad[chr..chr + 6].copy_from_slice(b"blkdev");
+    assert!(matches!(
+        read_tree(&bad),
+        Err(ReadError::BadDirent {
+            reason: "directory entries not sorted by name",
+            ..
+        })
+    ));
+    let mut bad = image.clone();
+    bad[chr..chr + 6].copy_from_slice(b"blkdev");
+    assert!(matches!(
+        read_tree(&bad),
+        Err(ReadError::DuplicateName { .. })
+    ));
+    assert!(matches!(
+        dump(&bad, &mut io::sink(), &[]),
+        Err(DumpError::Read(ReadError::DuplicateName { .. }))
+    ));
+}
+
+#[test]
+fn depth_is_capped() {
+    let chain = |depth: usize| {
+        let mut tree = Tree::new(Metadata::default());
+        let mut cur = tree::InodeId::ROOT;
+        for _ in 0..depth {
+            let dir = tree::Inode::new(
+                Metadata::default(),
+                InodeKind::Directory(Default::default()),
+            );
+            cur = tree.add(cur, b"d", dir).unwrap();
+        }
+        // The writer recurses per level; give it room (the reader itself is iterative).
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(move || write_image(&tree, &WriteOptions::default()).unwrap())
+            .unwrap()
+            .join()
+            .unwrap()
+    };
+    let ok = chain(MAX_DEPTH - 1);
+    let tree = read_tree(&ok).unwrap();
+    assert_eq!(tree.inodes.len(), MAX_DEPTH);
+    let too_deep = chain(MAX_DEPTH);
+    assert!(matches!(
+        read_tree(&too_deep),
+        Err(ReadError::TooDeep { depth, .. }) if depth == MAX_DEPTH
+    ));
+    assert!(objects(&too_deep).is_err());
+}
+
 // ---------------------------------------------------------------------------------------------
 // mkfs.erofs-made images: an independent EROFS writer, with a composefs header patched in.
 
@@ -844,7 +1015,9 @@ fn mkfs_erofs_images() {
     use std::process::Command;
 
     if Command::new("mkfs.erofs").arg("--help").output().is_err() {
-        eprintln!("SKIPPED mkfs_erofs_images: mkfs.erofs is not installed (apt-get install erofs-utils)");
+        eprintln!(
+            "SKIPPED mkfs_erofs_images: mkfs.erofs is not installed (apt-get install erofs-utils)"
+        );
         return;
     }
     let base = std::env::temp_dir().join(format!("cfs-reader-mkfs-{}", std::process::id()));
@@ -853,13 +1026,23 @@ fn mkfs_erofs_images() {
     std::fs::create_dir_all(src.join("d/e/f")).unwrap();
     std::fs::create_dir_all(src.join("many")).unwrap();
     let mut expected: Vec<(String, Vec<u8>)> = Vec::new();
-    for (name, len) in [("empty", 0usize), ("small", 10), ("tail", 5000), ("big", 9000), ("d/e/f/g", 300)] {
+    for (name, len) in [
+        ("empty", 0usize),
+        ("small", 10),
+        ("tail", 5000),
+        ("big", 9000),
+        ("d/e/f/g", 300),
+    ] {
         let content: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
         std::fs::write(src.join(name), &content).unwrap();
         expected.push((format!("/{name}"), content));
     }
     for i in 0..400 {
-        std::fs::write(src.join(format!("many/file-with-a-longish-name-{i:04}")), b"").unwrap();
+        std::fs::write(
+            src.join(format!("many/file-with-a-longish-name-{i:04}")),
+            b"",
+        )
+        .unwrap();
     }
     symlink("small", src.join("link")).unwrap();
     symlink("x".repeat(3000), src.join("longlink")).unwrap();
@@ -872,7 +1055,11 @@ fn mkfs_erofs_images() {
         .arg(&src)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut image = std::fs::read(&image_path).unwrap();
     let _ = std::fs::remove_dir_all(&base);
     assert!(image[..32].iter().all(|&b| b == 0));
@@ -889,13 +1076,21 @@ fn mkfs_erofs_images() {
             "{path}"
         );
     }
-    let many = tree.inode(tree.lookup_path(b"/many").unwrap()).as_dir().unwrap();
+    let many = tree
+        .inode(tree.lookup_path(b"/many").unwrap())
+        .as_dir()
+        .unwrap();
     assert_eq!(many.entries.len(), 400);
     let link = tree.inode(tree.lookup_path(b"/link").unwrap());
     assert_eq!(link.kind, InodeKind::Symlink(b"small"[..].into()));
     let long = tree.inode(tree.lookup_path(b"/longlink").unwrap());
-    assert_eq!(long.kind, InodeKind::Symlink("x".repeat(3000).into_bytes().into()));
-    let hard = tree.lookup(tree.lookup_path(b"/d").unwrap(), b"hard").unwrap();
+    assert_eq!(
+        long.kind,
+        InodeKind::Symlink("x".repeat(3000).into_bytes().into())
+    );
+    let hard = tree
+        .lookup(tree.lookup_path(b"/d").unwrap(), b"hard")
+        .unwrap();
     assert_eq!(Some(hard.inode), tree.lookup_path(b"/small"));
     assert_eq!(tree.inode(hard.inode).meta.nlink, 2);
 
@@ -906,7 +1101,10 @@ fn mkfs_erofs_images() {
         let name = format!("file-with-a-longish-name-{i:04}");
         assert!(many.lookup(name.as_bytes()).unwrap().is_some(), "{name}");
     }
-    assert!(many.lookup(b"file-with-a-longish-name-0400").unwrap().is_none());
+    assert!(many
+        .lookup(b"file-with-a-longish-name-0400")
+        .unwrap()
+        .is_none());
     dump(&image, &mut io::sink(), &[]).unwrap();
 }
 
@@ -1258,3 +1456,21 @@ fn arbitrary_small_inputs_never_panic() {
     assert!(Image::open(&header_only).is_err());
 }
 
+/// Write the conformance images as a seed corpus for the `read_image` fuzz target into the
+/// directory named by `CFS_FUZZ_CORPUS`.
+#[test]
+#[ignore = "writes files; run by hand to seed the fuzz corpus"]
+fn write_fuzz_corpus() {
+    let Some(dir) = std::env::var_os("CFS_FUZZ_CORPUS") else {
+        eprintln!("SKIPPED write_fuzz_corpus: set CFS_FUZZ_CORPUS to a directory");
+        return;
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, image) in corpus().iter().enumerate() {
+        std::fs::write(
+            std::path::Path::new(&dir).join(format!("seed-{i:02}")),
+            image,
+        )
+        .unwrap();
+    }
+}

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use super::composefs::{Node, NodeKind, RegularData};
 use super::error::ReadError;
-use super::image::Image;
+use super::image::{Image, Nid};
 use super::walk::walk;
 use crate::tree::{
     Directory, FileData, Inode, InodeId, InodeKind, Metadata, RegularFile, Tree, TreeError, Xattrs,
@@ -53,7 +53,7 @@ impl Image<'_> {
     pub fn to_tree(&self) -> Result<Tree, ReadError> {
         let mut budget = Budget::new(self.data().len());
         let mut tree: Option<Tree> = None;
-        let mut ids: HashMap<u64, InodeId> = HashMap::new();
+        let mut ids: HashMap<Nid, InodeId> = HashMap::new();
         walk(*self, &[], |ev| -> Result<(), ReadError> {
             if ev.is_root() {
                 let root = build_inode(&ev.inode.node()?, &mut budget)?;
@@ -88,7 +88,9 @@ impl Image<'_> {
                 let target = ids
                     .get(&ev.inode.nid())
                     .copied()
-                    .ok_or(ReadError::InodeLoop { nid: ev.inode.nid() })?;
+                    .ok_or(ReadError::InodeLoop {
+                        nid: ev.inode.nid(),
+                    })?;
                 tree.link(parent, ev.name, target).map_err(dir_error)?;
             } else {
                 let inode = build_inode(&ev.inode.node()?, &mut budget)?;
@@ -152,7 +154,10 @@ fn build_inode(node: &Node<'_>, budget: &mut Budget) -> Result<Inode, ReadError>
     let mut xattrs = Xattrs::new();
     for x in node.xattrs()? {
         let x = x?;
-        budget.take(x.prefix().len() + x.suffix().len() + x.value().len(), "xattrs")?;
+        budget.take(
+            x.prefix().len() + x.suffix().len() + x.value().len(),
+            "xattrs",
+        )?;
         xattrs.insert(x.full_name().into(), x.value().into());
     }
     Ok(Inode { meta, kind, xattrs })

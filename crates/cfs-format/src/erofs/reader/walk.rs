@@ -2,23 +2,24 @@
 //! [`ls`](super::ls) and [`objects`](super::objects).
 //!
 //! Entries are visited in pre-order, each directory's children in on-disk (sorted) order, with
-//! `.`/`..` and the root whiteout stubs skipped. The first visit of a NID is its canonical
-//! occurrence; later visits of a non-directory are hardlinks; a directory reached twice is an
-//! error (cycle or directory hardlink). The walk is iterative; its depth, path length and
+//! `.`/`..` and the root whiteout stubs skipped; names must be strictly increasing within a
+//! directory. The first visit of a NID is its canonical occurrence; later visits of a
+//! non-directory are hardlinks; a directory reached twice is an error (cycle or directory
+//! hardlink). The walk is iterative; its depth, path length and
 //! number of visited entries are capped, so time and memory stay linear in the image size.
 
 use std::collections::HashMap;
 
 use super::composefs::Children;
 use super::error::ReadError;
-use super::image::Image;
+use super::image::{Image, Nid};
 use super::inode::InodeRef;
 use super::{MAX_DEPTH, MAX_PATH_LEN};
 
 /// Where a NID was first seen.
 #[derive(Debug, Clone, Copy)]
 struct Origin<'a> {
-    parent: u64,
+    parent: Nid,
     name: &'a [u8],
 }
 
@@ -28,15 +29,15 @@ pub(crate) struct Event<'a, 'w> {
     /// Absolute path, `/` for the root.
     pub path: &'w [u8],
     /// NID of the containing directory (the root's own NID for the root).
-    pub parent: u64,
+    pub parent: Nid,
     /// The entry name (empty for the root).
     pub name: &'a [u8],
     /// The inode the entry refers to.
     pub inode: InodeRef<'a>,
     /// Whether this NID was visited before (a hardlink; never a directory).
     pub hardlink: bool,
-    origins: &'w HashMap<u64, Origin<'a>>,
-    root: u64,
+    origins: &'w HashMap<Nid, Origin<'a>>,
+    root: Nid,
 }
 
 impl Event<'_, '_> {
@@ -74,9 +75,10 @@ impl Event<'_, '_> {
 }
 
 struct Frame<'a> {
-    nid: u64,
+    nid: Nid,
     children: Children<'a>,
     path_len: usize,
+    last_name: Option<&'a [u8]>,
 }
 
 /// Walk the image depth-first, calling `visit` for the root and then every visible entry.
@@ -88,7 +90,7 @@ pub(crate) fn walk<'a, E: From<ReadError>>(
 ) -> Result<(), E> {
     let root = image.root()?;
     let root_nid = root.nid();
-    let mut origins: HashMap<u64, Origin<'a>> = HashMap::new();
+    let mut origins: HashMap<Nid, Origin<'a>> = HashMap::new();
     origins.insert(
         root_nid,
         Origin {
@@ -115,6 +117,7 @@ pub(crate) fn walk<'a, E: From<ReadError>>(
         nid: root_nid,
         children: image.children(&root)?,
         path_len: 1,
+        last_name: None,
     }];
     while let Some(frame) = stack.last_mut() {
         let Some(entry) = frame.children.next() else {
@@ -132,6 +135,25 @@ pub(crate) fn walk<'a, E: From<ReadError>>(
         }
         let parent = frame.nid;
         let parent_len = frame.path_len;
+        // Names must be strictly increasing: lookups binary-search them, and a repeated name
+        // would make two entries for one path.
+        if let Some(prev) = frame.last_name.replace(entry.name) {
+            if prev >= entry.name {
+                return Err(if prev == entry.name {
+                    ReadError::DuplicateName {
+                        nid: parent,
+                        name: String::from_utf8_lossy(entry.name).into_owned(),
+                    }
+                } else {
+                    ReadError::BadDirent {
+                        nid: parent,
+                        offset: image.inode_offset(parent).unwrap_or(u64::MAX),
+                        reason: "directory entries not sorted by name",
+                    }
+                }
+                .into());
+            }
+        }
         if parent == root_nid && !filter.is_empty() && !filter.contains(&entry.name) {
             continue;
         }
@@ -182,6 +204,7 @@ pub(crate) fn walk<'a, E: From<ReadError>>(
                 nid: entry.nid,
                 children: image.children(&inode)?,
                 path_len: path.len(),
+                last_name: None,
             });
         }
     }

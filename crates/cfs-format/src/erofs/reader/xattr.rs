@@ -1,7 +1,7 @@
 //! Extended attributes as stored: the inline body, local entries and shared-table references.
 
 use super::error::ReadError;
-use super::image::Image;
+use super::image::{Image, Nid};
 use super::inode::InodeRef;
 use super::le_u16;
 use crate::erofs::format::{self, XATTR_ENTRY_HEADER_SIZE, XATTR_HEADER_SIZE};
@@ -82,7 +82,7 @@ impl<'a> Xattr<'a> {
     fn parse(
         bytes: &'a [u8],
         offset: u64,
-        nid: u64,
+        nid: Nid,
         shared: bool,
     ) -> Result<(Self, usize), ReadError> {
         let bad = |reason| ReadError::BadXattr {
@@ -131,7 +131,7 @@ impl<'a> Xattr<'a> {
 #[derive(Debug, Clone)]
 pub struct Xattrs<'a> {
     image: Image<'a>,
-    nid: u64,
+    nid: Nid,
     local: &'a [u8],
     local_offset: u64,
     shared_ids: &'a [u8],
@@ -220,7 +220,8 @@ impl<'a> InodeRef<'a> {
         let body = image.bytes(offset, size as u64, "inode xattr body")?;
         let shared_count = usize::from(body.get(4).copied().unwrap_or(0));
         let ids_end = XATTR_HEADER_SIZE + 4 * shared_count;
-        let (Some(shared_ids), Some(local)) = (body.get(XATTR_HEADER_SIZE..ids_end), body.get(ids_end..))
+        let (Some(shared_ids), Some(local)) =
+            (body.get(XATTR_HEADER_SIZE..ids_end), body.get(ids_end..))
         else {
             return Err(ReadError::BadXattr {
                 nid: self.nid(),
