@@ -391,16 +391,8 @@ impl Tree {
     }
 
     /// Every (directory, name) pair in depth-first sorted order, descending into directories.
-    fn collect_names(&self, dir: InodeId, out: &mut Vec<(InodeId, Box<[u8]>)>) {
-        let Some(d) = self.inodes[dir.index()].as_dir() else {
-            return;
-        };
-        for (name, entry) in &d.entries {
-            out.push((dir, name.clone()));
-            if self.inodes[entry.inode.index()].kind.is_dir() {
-                self.collect_names(entry.inode, out);
-            }
-        }
+    fn collect_names(&self, _root: InodeId, out: &mut Vec<(InodeId, Box<[u8]>)>) {
+        self.walk_with_dirs(|dir, name, _| out.push((dir, name.into())));
     }
 
     /// Set every non-directory's `nlink` to the number of names it has (what a directory scan
@@ -427,24 +419,48 @@ impl Tree {
                 hardlink: false,
             },
         );
-        self.walk_dir(InodeId::ROOT, &mut path, &mut f);
-    }
-
-    fn walk_dir(&self, dir: InodeId, path: &mut Vec<u8>, f: &mut impl FnMut(&[u8], DirEntry)) {
-        let Some(d) = self.inodes[dir.index()].as_dir() else {
-            return;
-        };
-        for (name, entry) in &d.entries {
-            let len = path.len();
+        let mut stack = Vec::new();
+        if let Some(d) = self.root().as_dir() {
+            stack.push((d.entries.iter(), 1usize));
+        }
+        while let Some((entries, len)) = stack.last_mut() {
+            let len = *len;
+            let Some((name, entry)) = entries.next() else {
+                stack.pop();
+                continue;
+            };
+            path.truncate(len);
             if len > 1 {
                 path.push(b'/');
             }
             path.extend_from_slice(name);
-            f(path, *entry);
-            if !entry.hardlink && self.inodes[entry.inode.index()].kind.is_dir() {
-                self.walk_dir(entry.inode, path, f);
+            f(&path, *entry);
+            if !entry.hardlink {
+                if let Some(d) = self.inodes[entry.inode.index()].as_dir() {
+                    stack.push((d.entries.iter(), path.len()));
+                }
             }
-            path.truncate(len);
+        }
+    }
+
+    /// Like [`Tree::walk`] without building paths: `f(directory, name, entry)`.
+    fn walk_with_dirs(&self, mut f: impl FnMut(InodeId, &[u8], DirEntry)) {
+        let mut stack = Vec::new();
+        if let Some(d) = self.root().as_dir() {
+            stack.push((InodeId::ROOT, d.entries.iter()));
+        }
+        while let Some((dir, entries)) = stack.last_mut() {
+            let dir = *dir;
+            let Some((name, entry)) = entries.next() else {
+                stack.pop();
+                continue;
+            };
+            f(dir, name, *entry);
+            if !entry.hardlink {
+                if let Some(d) = self.inodes[entry.inode.index()].as_dir() {
+                    stack.push((entry.inode, d.entries.iter()));
+                }
+            }
         }
     }
 }

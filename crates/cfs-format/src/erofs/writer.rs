@@ -171,7 +171,7 @@ impl<'t> Rewriter<'t> {
 
     fn run(mut self) -> Result<Vec<Node<'t>>, WriteError> {
         self.path.push(b'/');
-        self.visit(InodeId::ROOT, 0)?;
+        self.visit_all()?;
         // Hardlink entries can only be resolved once every canonical entry has a node.
         for (dir, slot, target) in std::mem::take(&mut self.pending_links) {
             if let Body::Dir(children) = &mut self.nodes[dir].body {
@@ -190,7 +190,8 @@ impl<'t> Rewriter<'t> {
         Ok(self.nodes)
     }
 
-    fn visit(&mut self, id: InodeId, parent: usize) -> Result<usize, WriteError> {
+    /// Create the output node of tree inode `id` (its children are added by `visit_all`).
+    fn make_node(&mut self, id: InodeId, parent: usize) -> Result<usize, WriteError> {
         let inode = self.tree.inode(id);
         let idx = self.nodes.len();
         self.node_of[id.index()] = Some(idx);
@@ -257,30 +258,54 @@ impl<'t> Rewriter<'t> {
                 parent.set_xattr(overlay::USER_OPAQUE, b"x");
             }
         }
-        if let Some(dir) = inode.as_dir() {
-            let mut children = Vec::with_capacity(dir.entries.len());
-            for (name, entry) in &dir.entries {
-                let len = self.path.len();
-                if len > 1 {
-                    self.path.push(b'/');
-                }
-                self.path.extend_from_slice(name);
-                let child = if entry.hardlink {
-                    self.pending_links.push((idx, children.len(), entry.inode));
-                    usize::MAX
-                } else {
-                    self.visit(entry.inode, idx)?
-                };
-                self.path.truncate(len);
+        Ok(idx)
+    }
+
+    /// Depth-first over the canonical entries with an explicit stack, so that a deep tree
+    /// cannot overflow the thread's stack.
+    fn visit_all(&mut self) -> Result<(), WriteError> {
+        type Entries<'t> = std::collections::btree_map::Iter<'t, Box<[u8]>, crate::tree::DirEntry>;
+        let tree = self.tree;
+        let root = self.make_node(InodeId::ROOT, 0)?;
+        let mut stack: Vec<(usize, Entries<'t>, usize)> = Vec::new();
+        if let Some(d) = tree.root().as_dir() {
+            stack.push((root, d.entries.iter(), 1));
+        }
+        while let Some((dir, entries, path_len)) = stack.last_mut() {
+            let (dir, path_len) = (*dir, *path_len);
+            let Some((name, entry)) = entries.next() else {
+                stack.pop();
+                continue;
+            };
+            self.path.truncate(path_len);
+            if path_len > 1 {
+                self.path.push(b'/');
+            }
+            self.path.extend_from_slice(name);
+            let slot = match &self.nodes[dir].body {
+                Body::Dir(children) => children.len(),
+                _ => 0,
+            };
+            let child = if entry.hardlink {
+                self.pending_links.push((dir, slot, entry.inode));
+                usize::MAX
+            } else {
+                self.make_node(entry.inode, dir)?
+            };
+            if let Body::Dir(children) = &mut self.nodes[dir].body {
                 children.push(Child {
                     name,
                     node: child,
                     canonical: !entry.hardlink,
                 });
             }
-            self.nodes[idx].body = Body::Dir(children);
+            if !entry.hardlink {
+                if let Some(d) = tree.inode(entry.inode).as_dir() {
+                    stack.push((child, d.entries.iter(), self.path.len()));
+                }
+            }
         }
-        Ok(idx)
+        Ok(())
     }
 }
 
@@ -946,5 +971,26 @@ mod tests {
             image_digest(&tree, FormatVersion::V1),
             "ad6db6427568a1e4fdc772cbab7b6063f5eb4b33cb62982a740ba9213e5962b5"
         );
+    }
+
+    /// A very deep tree must not overflow the stack of an ordinary thread.
+    #[test]
+    fn deep_tree_is_written_without_recursion() {
+        let dir = || {
+            Inode::new(
+                Metadata {
+                    permissions: 0o755,
+                    ..Metadata::default()
+                },
+                InodeKind::Directory(Default::default()),
+            )
+        };
+        let mut tree = Tree::new(meta());
+        let mut cur = InodeId::ROOT;
+        for _ in 0..20_000 {
+            cur = tree.add(cur, b"d", dir()).expect("add");
+        }
+        let image = write_image(&tree, &WriteOptions::default()).expect("write");
+        assert!(image.len() > 20_000 * 32);
     }
 }
