@@ -10,7 +10,7 @@ tree=${1:-/usr}
 conformance=${CFS_CONFORMANCE_DIR:-../shared/conformance/composefs-c}
 scripts/install-deps.sh
 cargo build --release --quiet -p cfsctl
-bin=$PWD/target/release
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 work=$(mktemp -d /var/tmp/cfs-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 

@@ -7,8 +7,11 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
+mod cli;
 mod composefs_info;
 mod mkcomposefs;
+mod mount;
+mod mount_composefs;
 mod output;
 
 /// The personalities of the multi-call binary.
@@ -20,6 +23,8 @@ pub enum Tool {
     Mkcomposefs,
     /// C-compatible `composefs-info`.
     ComposefsInfo,
+    /// C-compatible `mount.composefs` (also the `mount -t composefs` helper).
+    MountComposefs,
 }
 
 impl Tool {
@@ -27,6 +32,7 @@ impl Tool {
         match name {
             "mkcomposefs" => Some(Tool::Mkcomposefs),
             "composefs-info" => Some(Tool::ComposefsInfo),
+            "mount.composefs" => Some(Tool::MountComposefs),
             "cfsctl" => Some(Tool::Cfsctl),
             _ => None,
         }
@@ -37,6 +43,7 @@ impl Tool {
             Tool::Cfsctl => "cfsctl",
             Tool::Mkcomposefs => "mkcomposefs",
             Tool::ComposefsInfo => "composefs-info",
+            Tool::MountComposefs => "mount.composefs",
         }
     }
 }
@@ -71,6 +78,7 @@ pub fn run_tool(tool: Tool, args: Vec<OsString>) -> ExitCode {
     let result = match tool {
         Tool::Mkcomposefs => mkcomposefs::main(args),
         Tool::ComposefsInfo => composefs_info::main(args),
+        Tool::MountComposefs => mount_composefs::main(args),
         Tool::Cfsctl => cfsctl_main(args),
     };
     match result {
@@ -83,47 +91,5 @@ pub fn run_tool(tool: Tool, args: Vec<OsString>) -> ExitCode {
 }
 
 fn cfsctl_main(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
-    use clap::Parser;
-
-    /// composefs: read-only images over a content-addressed object store.
-    #[derive(Parser, Debug)]
-    #[command(name = "cfsctl", version)]
-    struct Cli {
-        #[command(subcommand)]
-        command: Command,
-    }
-
-    #[derive(clap::Subcommand, Debug)]
-    enum Command {
-        /// Build a composefs image (same options as `mkcomposefs`).
-        #[command(disable_help_flag = true)]
-        Mkcomposefs {
-            #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-            args: Vec<OsString>,
-        },
-        /// Inspect composefs images (same commands as `composefs-info`).
-        #[command(name = "composefs-info", disable_help_flag = true)]
-        ComposefsInfo {
-            #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-            args: Vec<OsString>,
-        },
-    }
-
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return Ok(ExitCode::from(e.exit_code() as u8));
-        }
-    };
-    match cli.command {
-        Command::Mkcomposefs { args } => {
-            mkcomposefs::main(std::iter::once("mkcomposefs".into()).chain(args).collect())
-        }
-        Command::ComposefsInfo { args } => composefs_info::main(
-            std::iter::once("composefs-info".into())
-                .chain(args)
-                .collect(),
-        ),
-    }
+    cli::main(args)
 }

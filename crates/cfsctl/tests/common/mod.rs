@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -32,7 +32,10 @@ pub fn skip(what: &str, reason: &str) {
     if std::env::var_os(REQUIRE_ALL_ENV).is_some() {
         panic!("{what} cannot run: {reason} ({REQUIRE_ALL_ENV} is set, so this is an error)");
     }
-    eprintln!(
+    // Straight to the stderr handle: libtest captures `eprintln!` of passing tests, and a skip
+    // must be seen.
+    let _ = writeln!(
+        io::stderr(),
         "\n{bar}\n!!! SKIPPED: {what}\n!!! missing: {reason}\n!!! (set {REQUIRE_ALL_ENV}=1 to make this a failure)\n{bar}\n",
         bar = "!".repeat(78)
     );
@@ -279,9 +282,21 @@ pub struct MountGuard {
 }
 
 impl MountGuard {
+    /// Take charge of a mount something else (e.g. a tool under test) made at `target`.
+    pub fn adopt(target: &Path) -> Self {
+        Self {
+            target: target.to_owned(),
+        }
+    }
+
     /// The mount point.
     pub fn path(&self) -> &Path {
         &self.target
+    }
+
+    /// Stop guarding: for a mount the test has already unmounted itself.
+    pub fn disarm(self) {
+        std::mem::forget(self);
     }
 }
 
