@@ -169,7 +169,24 @@ enum Command {
         /// overlayfs work directory (same filesystem as --upperdir).
         #[arg(long, requires = "upperdir")]
         workdir: Option<PathBuf>,
+        /// Serve the image over FUSE instead; OPTS: passthrough, threads=N, verify=on|off,
+        /// allow_other (comma-separated).
+        #[arg(long, value_name = "OPTS", num_args = 0..=1, default_missing_value = "",
+              require_equals = true, value_parser = crate::fuse::parse_options,
+              conflicts_with = "upperdir")]
+        fuse: Option<cfs_fuse::FuseOptions>,
+        /// With --fuse: keep serving in the foreground (else a background server is started).
+        #[arg(long, requires = "fuse")]
+        foreground: bool,
     },
+    /// OCI images: pull, list, inspect, tag, dump, check, mount.
+    #[command(subcommand)]
+    Oci(crate::oci::OciCommand),
+    /// Serve an EROFS image file over FUSE in the foreground, with objects from the repository.
+    FuseServe(crate::fuse::FuseServeArgs),
+    /// The background server of `mount --fuse`.
+    #[command(hide = true)]
+    InternalFuseDaemon(crate::fuse::DaemonArgs),
 }
 
 pub fn main(args: Vec<OsString>) -> Result<ExitCode> {
@@ -334,8 +351,14 @@ pub fn main(args: Vec<OsString>) -> Result<ExitCode> {
             mountpoint,
             upperdir,
             workdir,
+            fuse,
+            foreground,
         } => {
             let repo = open_repo(g)?;
+            if let Some(opts) = fuse {
+                crate::fuse::mount_fuse(&repo, name, mountpoint, opts, *foreground)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             crate::mount::mount_image(
                 &repo,
                 name,
@@ -344,6 +367,9 @@ pub fn main(args: Vec<OsString>) -> Result<ExitCode> {
                 workdir.as_deref(),
             )?;
         }
+        Command::Oci(cmd) => return crate::oci::run(cmd, &|| open_repo(g)),
+        Command::FuseServe(args) => return crate::fuse::fuse_serve(args, || open_repo(g)),
+        Command::InternalFuseDaemon(args) => return crate::fuse::daemon(args, || open_repo(g)),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,9 +9,11 @@ use std::process::ExitCode;
 
 mod cli;
 mod composefs_info;
+mod fuse;
 mod mkcomposefs;
 mod mount;
 mod mount_composefs;
+mod oci;
 mod output;
 
 /// The personalities of the multi-call binary.

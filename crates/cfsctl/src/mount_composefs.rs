@@ -88,12 +88,7 @@ fn mount(inv: &Invocation) -> Result<()> {
             check_digest(&image, &inv.image, expected)?;
             expected.to_hex()
         }
-        None => inv
-            .image
-            .file_name()
-            .unwrap_or(inv.image.as_os_str())
-            .to_string_lossy()
-            .into_owned(),
+        None => source_name(&inv.image),
     };
     let mut req = MountRequest::new(image.as_fd(), source_name)
         .with_context(|| format!("{} is not a usable composefs image", inv.image.display()))?;
@@ -121,6 +116,30 @@ fn mount(inv: &Invocation) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the mount shows as its source (`composefs:<name>`) without `digest=`: the image's file
+/// name, or the whole digest when the path is a repository object `…/XX/<rest>`. mount(8)
+/// resolves symlinks in the source path, so `mount -t composefs REPO/images/<id>` reaches us as
+/// `REPO/objects/<id[..2]>/<id[2..]>`, whose file name alone would be a truncated id.
+fn source_name(image: &Path) -> String {
+    let file = image
+        .file_name()
+        .unwrap_or(image.as_os_str())
+        .to_string_lossy()
+        .into_owned();
+    let fan_out = image
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(OsStr::to_str)
+        .filter(|d| d.len() == 2);
+    if let Some(fan_out) = fan_out {
+        let joined = format!("{fan_out}{file}");
+        if Digest::from_hex(&joined).is_ok_and(|d| d.to_hex() == joined) {
+            return joined;
+        }
+    }
+    file
 }
 
 /// Fail unless `image` has the fs-verity digest `expected`: the kernel's measurement when the
@@ -433,6 +452,25 @@ mod tests {
         // -s: unknown options are ignored.
         let inv = invocation(&["-s", "i", "m", "-o", "frobnicate,basedir=/o"]);
         assert_eq!(inv.options.basedirs, [PathBuf::from("/o")]);
+    }
+
+    #[test]
+    fn source_names_restore_object_ids() {
+        let hex = "ab".repeat(32);
+        let object = format!("/repo/objects/{}/{}", &hex[..2], &hex[2..]);
+        assert_eq!(source_name(Path::new(&object)), hex);
+        let long = "0f".repeat(64);
+        let object = format!("objects/{}/{}", &long[..2], &long[2..]);
+        assert_eq!(source_name(Path::new(&object)), long);
+        assert_eq!(source_name(Path::new("/x/image.cfs")), "image.cfs");
+        assert_eq!(source_name(Path::new(&format!("/images/{hex}"))), hex);
+        // Not a digest: too short, upper case, or a non-hex fan-out directory.
+        assert_eq!(source_name(Path::new("/ab/cdef")), "cdef");
+        let upper = hex.to_uppercase();
+        let path = format!("/{}/{}", &upper[..2], &upper[2..]);
+        assert_eq!(source_name(Path::new(&path)), &upper[2..]);
+        let path = format!("/zz/{}", &hex[2..]);
+        assert_eq!(source_name(Path::new(&path)), &hex[2..]);
     }
 
     #[test]

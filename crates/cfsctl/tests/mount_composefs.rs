@@ -12,7 +12,6 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -21,7 +20,7 @@ use cfs_format::fsverity::{digest, Algorithm};
 use common::{
     assert_nothing_mounted_under, assert_trees_equal, describe_output, kernel_mount_unavailable,
     mount_at, pattern, run_ok, run_with_timeout, set_mode, set_mtime, set_owner, set_xattr, skip,
-    CompareOptions, MountGuard,
+    CompareOptions, MountGuard, SbinHelper,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -357,55 +356,12 @@ fn bad_invocations_fail_clearly() {
     assert_nothing_mounted_under(s.tmp.path());
 }
 
-/// `/sbin/mount.composefs` → our binary while the guard lives.
-struct SbinHelper {
-    link: PathBuf,
-}
-
-impl SbinHelper {
-    const PATH: &'static str = "/sbin/mount.composefs";
-
-    /// Install the symlink; `Err(reason)` when something else already sits there.
-    fn install() -> Result<SbinHelper, String> {
-        let link = PathBuf::from(Self::PATH);
-        match fs::read_link(&link) {
-            Ok(target) if target == Path::new(CFSCTL) => {}
-            Ok(target) => {
-                return Err(format!(
-                    "{} already exists (→ {}); not replacing it",
-                    link.display(),
-                    target.display()
-                ))
-            }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                std::os::unix::fs::symlink(CFSCTL, &link)
-                    .map_err(|e| format!("cannot create {}: {e}", link.display()))?;
-            }
-            Err(e) => {
-                return Err(format!(
-                    "{} exists and is not our symlink: {e}",
-                    link.display()
-                ))
-            }
-        }
-        Ok(SbinHelper { link })
-    }
-}
-
-impl Drop for SbinHelper {
-    fn drop(&mut self) {
-        if let Err(e) = fs::remove_file(&self.link) {
-            eprintln!("WARNING: cannot remove {}: {e}", self.link.display());
-        }
-    }
-}
-
 #[test]
 fn mount_t_composefs_runs_our_helper() {
     let Some(s) = Setup::new("mount -t composefs") else {
         return;
     };
-    let helper = match SbinHelper::install() {
+    let helper = match SbinHelper::install(Path::new(CFSCTL)) {
         Ok(h) => h,
         Err(reason) => {
             skip("mount -t composefs through /sbin/mount.composefs", &reason);

@@ -117,6 +117,51 @@ impl Repository {
         self.link_stream_ref(content_id, name)
     }
 
+    /// Remove the ref `streams/refs/<name>` (the stream itself stays until GC).
+    pub fn remove_stream_ref(&self, name: &str) -> Result<(), RepoError> {
+        self.ensure_writable()?;
+        validate_ref_name(name)?;
+        let link = format!("streams/refs/{name}");
+        match rustix::fs::unlinkat(self.dir(), link.as_str(), rustix::fs::AtFlags::empty()) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::NOENT) => Err(RepoError::StreamNotFound {
+                name: format!("refs/{name}"),
+            }),
+            Err(e) => Err(self.io_err(&link, e)),
+        }
+    }
+
+    /// The content id `streams/refs/<name>` points at (e.g. `oci-manifest-sha256:…`), or
+    /// `None` when there is no such ref. Only the link is read; the stream may be missing.
+    pub fn stream_ref_target(&self, name: &str) -> Result<Option<String>, RepoError> {
+        validate_ref_name(name)?;
+        let link = format!("streams/refs/{name}");
+        let target = match fsutil::read_link(self.dir(), &link) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Ok(None),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(self.io_err(&link, e)),
+        };
+        match fsutil::resolve_relative(&link, &target) {
+            Some(rel) => match rel.strip_prefix("streams/") {
+                Some(id) if !id.contains('/') => Ok(Some(id.to_owned())),
+                _ => Err(RepoError::BadLink {
+                    path: self.full(&link),
+                    target,
+                }),
+            },
+            None => Err(RepoError::BadLink {
+                path: self.full(&link),
+                target,
+            }),
+        }
+    }
+
     /// The object digest of the stream `content_id`, or `None` when there is no such stream
     /// (or its object is missing).
     pub fn has_stream(&self, content_id: &str) -> Result<Option<Digest>, RepoError> {
@@ -283,6 +328,26 @@ mod tests {
                 .to_vec()
         );
         assert!(!files(repo.path()).iter().any(|f| f.contains(".tmp")));
+    }
+
+    #[test]
+    fn stream_refs_are_read_and_removed() {
+        let (_dir, repo) = repo();
+        let (w, _) = tar_like(&repo);
+        repo.write_stream("oci-manifest-x", w, Some("oci/a%2Fb"))
+            .expect("write");
+        assert_eq!(
+            repo.stream_ref_target("oci/a%2Fb").expect("target"),
+            Some("oci-manifest-x".to_owned())
+        );
+        assert_eq!(repo.stream_ref_target("oci/none").expect("none"), None);
+        repo.remove_stream_ref("oci/a%2Fb").expect("remove");
+        assert_eq!(repo.stream_ref_target("oci/a%2Fb").expect("gone"), None);
+        assert!(matches!(
+            repo.remove_stream_ref("oci/a%2Fb"),
+            Err(RepoError::StreamNotFound { .. })
+        ));
+        assert!(repo.has_stream("oci-manifest-x").expect("has").is_some());
     }
 
     #[test]

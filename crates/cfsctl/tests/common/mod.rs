@@ -5,6 +5,8 @@
 // Every test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod source_tree;
+
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -111,6 +113,91 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> Output {
         describe_output(&out)
     );
     out
+}
+
+/// A child process that is killed (SIGKILL) and reaped when the guard is dropped, also during a
+/// panic, so a failing test leaves no process behind. Give it files rather than pipes for any
+/// output it may produce in quantity: nothing reads a pipe while the test waits.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: std::process::Child,
+    shown: String,
+    status: Option<std::process::ExitStatus>,
+}
+
+impl ChildGuard {
+    /// Spawn `cmd` (stdin closed); panics if it cannot be started.
+    pub fn spawn(cmd: &mut Command) -> ChildGuard {
+        let shown = format!("{cmd:?}");
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {shown}: {e}"));
+        ChildGuard {
+            child,
+            shown,
+            status: None,
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit status if the child has finished, without waiting.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        if self.status.is_none() {
+            self.status = self
+                .child
+                .try_wait()
+                .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.shown));
+        }
+        self.status
+    }
+
+    /// Wait at most `timeout` for the child to finish; panics (and so kills it) after that.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not finish within {timeout:?}",
+                self.shown
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// SIGKILL the child (if it still runs) and reap it. Returns its status: killed by
+    /// SIGKILL, or how it ended if it finished first.
+    pub fn kill(&mut self) -> std::process::ExitStatus {
+        if let Some(status) = self.try_wait() {
+            return status;
+        }
+        // `Child::kill` sends SIGKILL.
+        self.child
+            .kill()
+            .unwrap_or_else(|e| panic!("killing {}: {e}", self.shown));
+        let status = self
+            .child
+            .wait()
+            .unwrap_or_else(|e| panic!("reaping {}: {e}", self.shown));
+        self.status = Some(status);
+        status
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Check `image` with Debian's `fsck.erofs` (erofs-utils). Skips loudly if the tool is missing;
@@ -408,6 +495,62 @@ pub fn mount_composefs_overlay(
         ],
         target,
     )
+}
+
+/// `/sbin/mount.composefs` → a program of ours, while the guard lives (util-linux `mount -t
+/// composefs` looks for its helper only in `/sbin`, `/sbin/fs.d` and `/sbin/fs`, never `PATH`).
+/// Guards of one test binary are serialised: a second `install` waits for the first guard to be
+/// dropped, so parallel tests never remove each other's helper.
+#[derive(Debug)]
+pub struct SbinHelper {
+    link: PathBuf,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl SbinHelper {
+    /// Where util-linux looks first.
+    pub const PATH: &'static str = "/sbin/mount.composefs";
+
+    /// Install the symlink to `target`; `Err(reason)` when something else already sits there.
+    pub fn install(target: &Path) -> Result<SbinHelper, String> {
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let serial = SERIAL
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let link = PathBuf::from(Self::PATH);
+        match std::fs::read_link(&link) {
+            Ok(existing) if existing == target => {}
+            Ok(existing) => {
+                return Err(format!(
+                    "{} already exists (→ {}); not replacing it",
+                    link.display(),
+                    existing.display()
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::os::unix::fs::symlink(target, &link)
+                    .map_err(|e| format!("cannot create {}: {e}", link.display()))?;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{} exists and is not our symlink: {e}",
+                    link.display()
+                ))
+            }
+        }
+        Ok(SbinHelper {
+            link,
+            _serial: serial,
+        })
+    }
+}
+
+impl Drop for SbinHelper {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.link) {
+            eprintln!("WARNING: cannot remove {}: {e}", self.link.display());
+        }
+    }
 }
 
 /// One line of `/proc/self/mountinfo`.

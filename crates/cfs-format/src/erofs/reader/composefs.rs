@@ -389,6 +389,19 @@ pub struct Children<'a> {
     done: bool,
 }
 
+impl Children<'_> {
+    /// Where the next stored entry will come from (see [`DirIter::position`]).
+    pub fn position(&self) -> (u64, usize) {
+        self.inner.position()
+    }
+
+    /// Resume at a position returned by [`Children::position`] (see [`DirIter::seek`]).
+    pub fn seek(&mut self, block: u64, index: usize) -> Result<(), ReadError> {
+        self.done = false;
+        self.inner.seek(block, index)
+    }
+}
+
 impl<'a> Iterator for Children<'a> {
     type Item = Result<DirEntryRef<'a>, ReadError>;
 

@@ -183,6 +183,35 @@ impl<'a> DirIter<'a> {
         self.blocks.count
     }
 
+    /// Where the next entry will come from: (block number, entry index within the block).
+    /// Feed it to [`DirIter::seek`] to resume an enumeration in O(1), e.g. from a readdir
+    /// cookie.
+    pub fn position(&self) -> (u64, usize) {
+        match self.cur {
+            Some(_) => (self.next_block.saturating_sub(1), self.pos),
+            None => (self.next_block, 0),
+        }
+    }
+
+    /// Continue from a position returned by [`DirIter::position`]: the next entry is entry
+    /// `index` of block `block`. A position past the end gives an empty iterator; the block is
+    /// validated here, so a damaged block is reported by this call.
+    pub fn seek(&mut self, block: u64, index: usize) -> Result<(), ReadError> {
+        self.done = false;
+        self.cur = None;
+        self.pos = 0;
+        self.next_block = block;
+        if block >= self.blocks.count {
+            self.next_block = self.blocks.count;
+            return Ok(());
+        }
+        let parsed = self.blocks.block(block)?;
+        self.cur = Some(parsed);
+        self.next_block = block + 1;
+        self.pos = index;
+        Ok(())
+    }
+
     fn advance(&mut self) -> Result<Option<DirEntryRef<'a>>, ReadError> {
         loop {
             if let Some(block) = self.cur {

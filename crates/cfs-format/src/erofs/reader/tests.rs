@@ -593,6 +593,54 @@ fn lookup_in_multi_block_directory() {
 }
 
 #[test]
+fn dir_iter_resumes_from_any_position() {
+    let (_, text) = vectors().into_iter().find(|(n, _)| *n == "bigdir").unwrap();
+    let image = image_of(&text, WriteOptions::default());
+    let img = Image::open(&image).unwrap();
+    let dir = img.resolve(b"/d").unwrap().unwrap();
+    let all: Vec<Vec<u8>> = dir
+        .dir_entries()
+        .unwrap()
+        .map(|e| e.unwrap().name.to_vec())
+        .collect();
+    // Record the position before every entry, then resume from each one.
+    let mut it = dir.dir_entries().unwrap();
+    let mut positions = Vec::new();
+    loop {
+        let pos = it.position();
+        match it.next() {
+            Some(e) => positions.push((pos, e.unwrap().name.to_vec())),
+            None => break,
+        }
+    }
+    assert_eq!(positions.len(), all.len());
+    assert!(positions.iter().any(|((block, _), _)| *block > 0));
+    for (i, ((block, index), name)) in positions.iter().enumerate() {
+        let mut resumed = dir.dir_entries().unwrap();
+        resumed.seek(*block, *index).unwrap();
+        let rest: Vec<Vec<u8>> = resumed.map(|e| e.unwrap().name.to_vec()).collect();
+        assert_eq!(rest.first(), Some(name));
+        assert_eq!(rest, all[i..].to_vec());
+    }
+    // Past the end: nothing, not an error.
+    let mut end = dir.dir_entries().unwrap();
+    end.seek(u64::MAX, 0).unwrap();
+    assert!(end.next().is_none());
+    let mut end = dir.dir_entries().unwrap();
+    end.seek(0, 10_000).unwrap();
+    let rest: Vec<_> = end.map(|e| e.unwrap().name.to_vec()).collect();
+    assert!(rest.len() < all.len());
+    // The composefs view resumes the same way, without `.` and `..`.
+    let mut children = img.children(&dir).unwrap();
+    let (block, index) = positions[150].0;
+    children.seek(block, index).unwrap();
+    assert_eq!(
+        children.next().unwrap().unwrap().name,
+        &positions[150].1[..]
+    );
+}
+
+#[test]
 fn stubs_hidden_only_in_the_root_of_v0_v1() {
     let (_, text) = vectors()
         .into_iter()

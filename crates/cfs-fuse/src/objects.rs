@@ -1,0 +1,378 @@
+//! External file contents: opening objects below the objects directory, checking their
+//! fs-verity digests once per mount, and the table of open objects shared by concurrent opens.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use cfs_format::{fsverity, Digest};
+use cfs_repo::verity::{self, MeasureError};
+use fuser::BackingId;
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+/// Why an object could not be served. Each variant is logged (naming the object) and answered
+/// with EIO.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ObjectError {
+    /// The object file does not exist.
+    #[error("object {path} is missing")]
+    Missing {
+        /// Path relative to the objects directory.
+        path: String,
+    },
+    /// The object could not be opened or read.
+    #[error("object {path}: {source}")]
+    Io {
+        /// Path relative to the objects directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The object's content does not match the digest in the image.
+    #[error(
+        "object {path} fails verification: its fs-verity digest is {actual} ({how}), the image \
+         expects {expected}"
+    )]
+    Mismatch {
+        /// Path relative to the objects directory.
+        path: String,
+        /// The digest from the image (`sha256:<hex>`).
+        expected: String,
+        /// The digest of the object.
+        actual: String,
+        /// "kernel fs-verity" or "computed in userspace".
+        how: &'static str,
+    },
+    /// The image names neither a digest nor a backing path.
+    #[error("external file without digest or backing path")]
+    NoPath,
+}
+
+/// Where an external file's object is: the path below the objects directory and the digest to
+/// check it against (if the image has one).
+#[derive(Debug, Clone)]
+pub(crate) struct ObjectRef {
+    pub(crate) path: Vec<u8>,
+    pub(crate) digest: Option<Digest>,
+}
+
+impl ObjectRef {
+    /// From the image's metacopy digest and/or redirect payload: the digest names the object
+    /// (`XX/<rest>`) when present, else the payload path does.
+    pub(crate) fn new(digest: Option<Digest>, payload: Option<&[u8]>) -> Result<Self, ObjectError> {
+        let path = match (digest, payload) {
+            (Some(d), _) => d.object_path().into_bytes(),
+            (None, Some(p)) if !p.is_empty() => p.to_vec(),
+            _ => return Err(ObjectError::NoPath),
+        };
+        Ok(ObjectRef { path, digest })
+    }
+
+    pub(crate) fn display(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+}
+
+/// The objects directory and what is known about its objects.
+#[derive(Debug)]
+pub(crate) struct ObjectStore {
+    dir: OwnedFd,
+    verify: bool,
+    /// Objects whose digest was checked, keyed by digest. The inner lock makes concurrent first
+    /// opens of one object hash it once: the others wait for the result.
+    verified: Mutex<HashMap<Digest, Arc<Mutex<bool>>>>,
+}
+
+impl ObjectStore {
+    pub(crate) fn new(dir: OwnedFd, verify: bool) -> Self {
+        ObjectStore {
+            dir,
+            verify,
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Open `obj` read-only (never leaving the objects directory: `RESOLVE_BENEATH`) and, unless
+    /// verification is off, check it against its digest on the first open of this mount.
+    pub(crate) fn open(&self, obj: &ObjectRef) -> Result<File, ObjectError> {
+        let path = std::ffi::OsStr::from_bytes(&obj.path);
+        let fd = rustix::fs::openat2(
+            &self.dir,
+            path,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NOENT => ObjectError::Missing {
+                path: obj.display(),
+            },
+            e => ObjectError::Io {
+                path: obj.display(),
+                source: e.into(),
+            },
+        })?;
+        let file = File::from(fd);
+        if let (true, Some(expected)) = (self.verify, obj.digest) {
+            self.verify_once(obj, &expected, &file)?;
+        }
+        Ok(file)
+    }
+
+    fn verify_once(
+        &self,
+        obj: &ObjectRef,
+        expected: &Digest,
+        file: &File,
+    ) -> Result<(), ObjectError> {
+        let slot = {
+            let mut map = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(map.entry(*expected).or_default())
+        };
+        let mut done = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if *done {
+            return Ok(());
+        }
+        check_digest(obj, expected, file)?;
+        *done = true;
+        Ok(())
+    }
+
+    /// How many objects were verified so far.
+    #[cfg(test)]
+    pub(crate) fn verified_count(&self) -> usize {
+        let map = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        map.values()
+            .filter(|s| *s.lock().unwrap_or_else(PoisonError::into_inner))
+            .count()
+    }
+}
+
+/// Compare the object's fs-verity digest with `expected`: the kernel's measurement when the
+/// object has fs-verity (of the same algorithm), else one computed over its content.
+fn check_digest(obj: &ObjectRef, expected: &Digest, file: &File) -> Result<(), ObjectError> {
+    let (actual, how) = match verity::measure(file.as_fd()) {
+        Ok(d) if d.algorithm() == expected.algorithm() => (d, "kernel fs-verity"),
+        Ok(_) | Err(MeasureError::NotSupported | MeasureError::NotEnabled) => (
+            userspace_digest(obj, expected, file)?,
+            "computed in userspace",
+        ),
+        Err(e) => {
+            log::debug!(
+                "object {}: fs-verity measurement failed ({e}); hashing in userspace",
+                obj.display()
+            );
+            (
+                userspace_digest(obj, expected, file)?,
+                "computed in userspace",
+            )
+        }
+    };
+    if actual == *expected {
+        Ok(())
+    } else {
+        Err(ObjectError::Mismatch {
+            path: obj.display(),
+            expected: expected.to_id(),
+            actual: actual.to_id(),
+            how,
+        })
+    }
+}
+
+fn userspace_digest(
+    obj: &ObjectRef,
+    expected: &Digest,
+    file: &File,
+) -> Result<Digest, ObjectError> {
+    // `&File` reads advance the shared offset, which nobody else uses: serving uses pread.
+    fsverity::digest_reader(expected.algorithm(), file).map_err(|source| ObjectError::Io {
+        path: obj.display(),
+        source,
+    })
+}
+
+/// One open object, shared by every open of its inode.
+#[derive(Debug)]
+pub(crate) struct OpenObject {
+    pub(crate) file: File,
+    /// The passthrough backing id, when the kernel reads this object itself. Dropping it
+    /// (with the last reference) closes the id.
+    pub(crate) backing: Option<BackingId>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    object: Arc<OpenObject>,
+    opens: u64,
+}
+
+/// Open objects by FUSE inode number, with an open count: one file (and one passthrough backing
+/// id) per inode however many times it is open. Reads take the read lock only long enough to
+/// clone an `Arc`; no lock is held across I/O.
+#[derive(Debug, Default)]
+pub(crate) struct OpenTable {
+    slots: RwLock<HashMap<u64, Slot>>,
+}
+
+impl OpenTable {
+    /// Another open of `ino` if it is already open.
+    pub(crate) fn reopen(&self, ino: u64) -> Option<Arc<OpenObject>> {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.get_mut(&ino)?;
+        slot.opens += 1;
+        Some(Arc::clone(&slot.object))
+    }
+
+    /// Register an open of `ino`: the existing object if another thread got there first, else
+    /// the one `make` builds (called under the lock, so it must be quick).
+    pub(crate) fn insert_with(
+        &self,
+        ino: u64,
+        make: impl FnOnce() -> OpenObject,
+    ) -> Arc<OpenObject> {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots.entry(ino).or_insert_with(|| Slot {
+            object: Arc::new(make()),
+            opens: 0,
+        });
+        slot.opens += 1;
+        Arc::clone(&slot.object)
+    }
+
+    /// The open object of `ino`.
+    pub(crate) fn get(&self, ino: u64) -> Option<Arc<OpenObject>> {
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        slots.get(&ino).map(|s| Arc::clone(&s.object))
+    }
+
+    /// One open of `ino` ended; the object is closed after the last one.
+    pub(crate) fn release(&self, ino: u64) {
+        let removed = {
+            let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+            match slots.get_mut(&ino) {
+                Some(slot) if slot.opens > 1 => {
+                    slot.opens -= 1;
+                    None
+                }
+                Some(_) => slots.remove(&ino),
+                None => None,
+            }
+        };
+        // Close outside the lock.
+        drop(removed);
+    }
+
+    /// Number of inodes with open objects.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use cfs_format::Algorithm;
+
+    fn store_with(objects: &[(&str, &[u8])], verify: bool) -> (tempfile::TempDir, ObjectStore) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, content) in objects {
+            let p = dir.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, content).unwrap();
+        }
+        let fd = rustix::fs::open(
+            dir.path(),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+        (dir, ObjectStore::new(fd, verify))
+    }
+
+    #[test]
+    fn verified_objects_open_and_tampered_ones_do_not() {
+        let good = b"hello world".repeat(1000);
+        let digest = fsverity::digest(Algorithm::Sha256, &good);
+        let mut bad = good.clone();
+        bad[5] ^= 1;
+        let bad_digest = fsverity::digest(Algorithm::Sha512, &good);
+        let good_path = digest.object_path();
+        let bad_path = bad_digest.object_path();
+        let (_dir, store) = store_with(&[(&good_path, &good), (&bad_path, &bad)], true);
+
+        let obj = ObjectRef::new(Some(digest), None).unwrap();
+        store.open(&obj).unwrap();
+        store.open(&obj).unwrap();
+        assert_eq!(store.verified_count(), 1);
+
+        let obj = ObjectRef::new(Some(bad_digest), None).unwrap();
+        let err = store.open(&obj).unwrap_err();
+        assert!(matches!(err, ObjectError::Mismatch { .. }), "{err}");
+        assert!(err.to_string().contains(&bad_path), "{err}");
+        assert_eq!(store.verified_count(), 1);
+
+        // Missing objects and paths that leave the objects directory.
+        let missing =
+            ObjectRef::new(Some(fsverity::digest(Algorithm::Sha256, b"x")), None).unwrap();
+        assert!(matches!(
+            store.open(&missing),
+            Err(ObjectError::Missing { .. })
+        ));
+        let escape = ObjectRef::new(None, Some(b"../../etc/passwd")).unwrap();
+        assert!(matches!(store.open(&escape), Err(ObjectError::Io { .. })));
+        assert!(matches!(
+            ObjectRef::new(None, None),
+            Err(ObjectError::NoPath)
+        ));
+    }
+
+    #[test]
+    fn verify_off_skips_the_check() {
+        let content = b"abc";
+        let wrong = fsverity::digest(Algorithm::Sha256, b"something else");
+        let (_dir, store) = store_with(&[(&wrong.object_path(), content)], false);
+        let obj = ObjectRef::new(Some(wrong), None).unwrap();
+        store.open(&obj).unwrap();
+        assert_eq!(store.verified_count(), 0);
+    }
+
+    #[test]
+    fn payload_paths_without_digest() {
+        let (_dir, store) = store_with(&[("ab/cdef", b"data")], true);
+        let obj = ObjectRef::new(None, Some(b"ab/cdef")).unwrap();
+        let f = store.open(&obj).unwrap();
+        assert_eq!(f.metadata().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn open_table_counts_opens() {
+        let t = OpenTable::default();
+        let make = || OpenObject {
+            file: tempfile::tempfile().unwrap(),
+            backing: None,
+        };
+        assert!(t.reopen(5).is_none());
+        let a = t.insert_with(5, make);
+        let b = t.insert_with(5, || panic!("must reuse the existing object"));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = t.reopen(5).unwrap();
+        assert!(Arc::ptr_eq(&a, &c));
+        assert!(t.get(5).is_some());
+        t.release(5);
+        t.release(5);
+        assert_eq!(t.len(), 1);
+        t.release(5);
+        assert_eq!(t.len(), 0);
+        assert!(t.get(5).is_none());
+        t.release(5); // unmatched release: ignored
+    }
+}

@@ -1,0 +1,293 @@
+//! Importing one layer blob as the splitstream `oci-layer-<diff_id>` (FORMATS.md §5.2).
+//!
+//! The blob is decompressed (gzip, possibly multi-member; zstd, possibly multi-frame; or a
+//! plain tar, told apart by their magic bytes) while the SHA-256 of the uncompressed tar (the
+//! `diff_id`) is computed. The `tar` crate walks the headers; every byte it reads goes through
+//! a [`Tee`] that appends it to the stream as inline data. For a regular file whose body is
+//! larger than 64 bytes, the tee is switched off and the body is streamed straight into the
+//! repository as an object (never held in memory whole); the stream records a reference to it.
+//! Padding, extension headers, end-of-archive blocks and trailing bytes all go inline, so
+//! reassembling the stream gives back the tar byte for byte.
+//!
+//! Why the `tar` crate and not our own parser: it already handles the header formats (GNU long
+//! names, PAX overrides, base-256 numbers, checksums), reads exactly the bytes it needs without
+//! buffering ahead, and tells us where each body starts; the tee gives us the raw bytes around
+//! the bodies. The stream name is created only after the diff_id is verified.
+
+use std::cell::RefCell;
+use std::io::{self, Read};
+use std::rc::Rc;
+
+use cfs_format::Digest;
+use cfs_repo::repo::{RepoError, Repository};
+use cfs_repo::splitstream::{content_type, SplitStreamWriter};
+
+use crate::digest::{BlobHasher, OciDigest};
+use crate::entry::{display_path, parse_entry, EntryKind, LayerEntry};
+use crate::error::{EntryProblem, OciError};
+use crate::names::layer_stream_id;
+
+/// Regular-file bodies up to this size stay inline in the stream (`INLINE_CONTENT_MAX_V0`).
+pub const INLINE_MAX: u64 = 64;
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip (`1f 8b`).
+    Gzip,
+    /// zstd (`28 b5 2f fd`).
+    Zstd,
+}
+
+impl Compression {
+    /// Tell the compression from the first bytes of a blob.
+    pub fn sniff(magic: &[u8]) -> Compression {
+        if magic.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
+}
+
+/// What importing one layer did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportStats {
+    /// Tar entries (files, directories, links, …).
+    pub entries: u64,
+    /// Size of the uncompressed tar.
+    pub tar_bytes: u64,
+    /// Objects written because they were new.
+    pub objects_new: u64,
+    /// Objects that were already in the repository.
+    pub objects_reused: u64,
+    /// Bytes of the new objects.
+    pub bytes_new: u64,
+    /// Bytes of the reused objects.
+    pub bytes_reused: u64,
+}
+
+impl ImportStats {
+    /// Add `other`'s counters to these.
+    pub fn add(&mut self, other: &ImportStats) {
+        self.entries += other.entries;
+        self.tar_bytes += other.tar_bytes;
+        self.objects_new += other.objects_new;
+        self.objects_reused += other.objects_reused;
+        self.bytes_new += other.bytes_new;
+        self.bytes_reused += other.bytes_reused;
+    }
+}
+
+/// State shared between the tee (inside the tar reader) and the import loop.
+struct Shared {
+    writer: SplitStreamWriter,
+    /// Append what is read to the stream as inline data.
+    capture: bool,
+    /// Bytes of uncompressed tar read so far.
+    consumed: u64,
+}
+
+/// Hashes everything read (the diff_id) and, while capturing, appends it to the stream.
+struct Tee<R> {
+    inner: R,
+    hasher: BlobHasher,
+    shared: Rc<RefCell<Shared>>,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let data = buf.get(..n).unwrap_or_default();
+        self.hasher.update(data);
+        let mut s = self.shared.borrow_mut();
+        s.consumed += n as u64;
+        if s.capture {
+            s.writer.write_inline(data);
+        }
+        Ok(n)
+    }
+}
+
+/// Read until `buf` is full or the input ends; returns the count.
+fn read_up_to(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Import the layer blob `blob` (compressed digest `blob_digest`, expected uncompressed digest
+/// `diff_id`) as the stream `oci-layer-<diff_id>`. Returns the stream's object digest and the
+/// counters. On any failure no stream name is created (objects already stored stay as garbage
+/// for GC).
+pub fn import_layer(
+    repo: &Repository,
+    blob: &mut dyn Read,
+    blob_digest: &OciDigest,
+    diff_id: &OciDigest,
+) -> Result<(Digest, ImportStats), OciError> {
+    let layer = diff_id.to_string();
+    let layer_err = |context: &str, source: io::Error| OciError::Layer {
+        layer: layer.clone(),
+        context: context.to_owned(),
+        source,
+    };
+    let mut magic = [0u8; 4];
+    let n = read_up_to(blob, &mut magic).map_err(|e| layer_err("reading the blob", e))?;
+    let head = &magic[..n];
+    let split = {
+        let src = head.chain(&mut *blob);
+        let mut decompressed: Box<dyn Read + '_> = match Compression::sniff(head) {
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(src)),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(src)
+                    .map_err(|e| layer_err("starting zstd decompression", e))?,
+            ),
+            Compression::None => Box::new(src),
+        };
+        split_tar(repo, &mut *decompressed, diff_id)?
+    };
+    let mut trailing = [0u8; 1];
+    if read_up_to(blob, &mut trailing).map_err(|e| layer_err("reading the blob", e))? != 0 {
+        return Err(layer_err(
+            "reading the blob",
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "trailing data after the compressed stream",
+            ),
+        ));
+    }
+    let (actual, writer, stats) = split;
+    if actual != *diff_id {
+        return Err(OciError::DiffIdMismatch {
+            blob: blob_digest.clone(),
+            expected: diff_id.clone(),
+            actual,
+        });
+    }
+    let id = repo.write_stream(&layer_stream_id(diff_id), writer, None)?;
+    Ok((id, stats))
+}
+
+/// Walk the uncompressed tar `tar` to its end, storing large bodies as objects and everything
+/// else inline. Returns the digest of the tar (for the diff_id check), the stream (not yet
+/// stored) and the counters.
+fn split_tar(
+    repo: &Repository,
+    tar: &mut dyn Read,
+    diff_id: &OciDigest,
+) -> Result<(OciDigest, SplitStreamWriter, ImportStats), OciError> {
+    let layer = diff_id.to_string();
+    let layer_err = |context: String, source: io::Error| OciError::Layer {
+        layer: layer.clone(),
+        context,
+        source,
+    };
+    let shared = Rc::new(RefCell::new(Shared {
+        writer: repo.create_stream(content_type::OCI_LAYER)?,
+        capture: true,
+        consumed: 0,
+    }));
+    let tee = Tee {
+        inner: tar,
+        hasher: BlobHasher::new(diff_id.algorithm()),
+        shared: Rc::clone(&shared),
+    };
+    let mut stats = ImportStats::default();
+    let mut archive = tar::Archive::new(tee);
+    let mut last: Option<String> = None;
+    let where_ = |last: &Option<String>| match last {
+        Some(name) => format!("reading the tar after entry {name:?}"),
+        None => "reading the tar".to_owned(),
+    };
+    {
+        let entries = archive
+            .entries()
+            .map_err(|e| layer_err(where_(&last), e))?;
+        for item in entries {
+            let mut entry = item.map_err(|e| layer_err(where_(&last), e))?;
+            let name = display_path(&entry);
+            let parsed = parse_entry(&mut entry).map_err(|problem| OciError::Entry {
+                layer: layer.clone(),
+                entry: name.clone(),
+                problem,
+            })?;
+            stats.entries += 1;
+            if let Some(LayerEntry {
+                kind: EntryKind::Regular { size },
+                ..
+            }) = parsed
+            {
+                if size > INLINE_MAX {
+                    shared.borrow_mut().capture = false;
+                    let imported = repo.import_reader(&mut entry, Some(size));
+                    shared.borrow_mut().capture = true;
+                    let (digest, fresh, got) = imported.map_err(|e| match e {
+                        RepoError::Import { source } => {
+                            layer_err(format!("reading the content of {name:?}"), source)
+                        }
+                        other => OciError::Repo(other),
+                    })?;
+                    if got != size {
+                        return Err(OciError::Entry {
+                            layer: layer.clone(),
+                            entry: name,
+                            problem: EntryProblem::Truncated {
+                                expected: size,
+                                actual: got,
+                            },
+                        });
+                    }
+                    shared
+                        .borrow_mut()
+                        .writer
+                        .write_reference(&digest, size)
+                        .map_err(|source| RepoError::SplitStream {
+                            what: layer_stream_id(diff_id),
+                            source,
+                        })?;
+                    if fresh {
+                        stats.objects_new += 1;
+                        stats.bytes_new += size;
+                    } else {
+                        stats.objects_reused += 1;
+                        stats.bytes_reused += size;
+                    }
+                }
+            }
+            last = Some(name);
+        }
+    }
+    // The end-of-archive blocks and anything after them belong to the tar too.
+    let mut tee = archive.into_inner();
+    io::copy(&mut tee, &mut io::sink())
+        .map_err(|e| layer_err("reading the end of the tar".into(), e))?;
+    let Tee {
+        inner,
+        hasher,
+        shared: tee_shared,
+    } = tee;
+    drop((inner, tee_shared));
+    let actual = hasher.finish();
+    let Shared {
+        writer, consumed, ..
+    } = Rc::try_unwrap(shared)
+        .map_err(|_| OciError::Corrupt {
+            what: layer.clone(),
+            reason: "internal error: the tar reader outlived the import".into(),
+        })?
+        .into_inner();
+    stats.tar_bytes = consumed;
+    Ok((actual, writer, stats))
+}

@@ -1,0 +1,271 @@
+//! Fetching through skopeo's `experimental-image-proxy` (crate `containers-image-proxy`): every
+//! transport skopeo accepts (`docker://`, `oci-archive:`, `docker-archive:`, `dir:`, …).
+//!
+//! The proxy client is async (tokio). [`SkopeoSource`] keeps a small runtime of its own and
+//! offers the blocking [`ImageSource`] interface: each blob is pumped by a task into a bounded
+//! channel that a worker thread reads. skopeo verifies blob digests and reports the result when
+//! the pipe is finished; the reader returns that result in place of end-of-file, so a layer is
+//! never accepted before skopeo has vouched for it. See [`pump`] for when the pipe is finished:
+//! skopeo 1.9's proxy (protocol 0.2.3) handles one request at a time.
+
+use std::io::{self, Read};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use containers_image_proxy::oci_spec::image::Digest as ProxyDigest;
+use containers_image_proxy::{ImageProxy, ImageProxyConfig, OpenedImage};
+use tokio::io::AsyncReadExt;
+
+use crate::digest::OciDigest;
+use crate::error::OciError;
+use crate::model::Descriptor;
+use crate::source::ImageSource;
+
+/// Chunks in flight per blob between the fetching task and the reading thread.
+const CHANNEL_DEPTH: usize = 16;
+/// Size of each chunk.
+const CHUNK: usize = 256 << 10;
+/// How long a blob may deliver nothing before we ask skopeo how it is going.
+const STALL: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Options for [`SkopeoSource::open`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkopeoOptions {
+    /// Do not verify TLS certificates and allow plain HTTP (`--tls-verify=false`).
+    pub insecure: bool,
+    /// Path to a container auth file (`--authfile`).
+    pub authfile: Option<std::path::PathBuf>,
+}
+
+struct Opened {
+    proxy: ImageProxy,
+    image: OpenedImage,
+}
+
+/// An image opened through skopeo's image proxy.
+pub struct SkopeoSource {
+    reference: String,
+    /// `Some` until dropped.
+    opened: Option<Arc<Opened>>,
+    /// `Some` until dropped (after `opened`: the runtime waits for skopeo to exit, which it
+    /// does once the proxy's socket is closed).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for SkopeoSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SkopeoSource")
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SkopeoSource {
+    /// Start `skopeo experimental-image-proxy` and open `reference` (with its transport).
+    pub fn open(reference: &str, opts: &SkopeoOptions) -> Result<SkopeoSource, OciError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("cfs-skopeo")
+            .enable_all()
+            .build()
+            .map_err(|e| OciError::io("starting the async runtime for skopeo", e))?;
+        let mut config = ImageProxyConfig::default();
+        if opts.insecure {
+            config.insecure_skip_tls_verification = Some(true);
+        }
+        config.authfile.clone_from(&opts.authfile);
+        let opened = runtime.block_on(async {
+            let proxy = ImageProxy::new_with_config(config)
+                .await
+                .map_err(|e| OciError::proxy("starting skopeo (is skopeo installed?)", e))?;
+            let image = proxy
+                .open_image(reference)
+                .await
+                .map_err(|e| OciError::proxy(format!("opening {reference}"), e))?;
+            Ok::<_, OciError>(Opened { proxy, image })
+        })?;
+        Ok(SkopeoSource {
+            reference: reference.to_owned(),
+            opened: Some(Arc::new(opened)),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn parts(&self) -> Result<(&tokio::runtime::Runtime, &Arc<Opened>), OciError> {
+        match (&self.runtime, &self.opened) {
+            (Some(r), Some(o)) => Ok((r, o)),
+            _ => Err(OciError::proxy(&self.reference, "the proxy was shut down")),
+        }
+    }
+}
+
+impl Drop for SkopeoSource {
+    fn drop(&mut self) {
+        let (Some(runtime), Some(opened)) = (self.runtime.take(), self.opened.take()) else {
+            return;
+        };
+        // Ask skopeo to exit and wait for it; if a blob task still holds the proxy, dropping
+        // our reference is enough (its socket closes when the runtime drops the task, and
+        // skopeo dies with us anyway: pdeathsig).
+        if let Ok(opened) = Arc::try_unwrap(opened) {
+            let _ = runtime.block_on(async move {
+                let _ = opened.proxy.close_image(&opened.image).await;
+                opened.proxy.finalize().await
+            });
+        }
+        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    }
+}
+
+/// Reads what the pumping task sends; `Err` messages end the stream with that error.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    buf: Vec<u8>,
+    at: usize,
+    done: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.at >= self.buf.len() {
+            if self.done {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Ok(chunk)) if chunk.is_empty() => self.done = true,
+                Some(Ok(chunk)) => {
+                    self.buf = chunk;
+                    self.at = 0;
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Err(e);
+                }
+                None => {
+                    self.done = true;
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the skopeo fetch stopped without finishing",
+                    ));
+                }
+            }
+        }
+        let n = (self.buf.len() - self.at).min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Feed a blob from skopeo into `tx`: chunks, then an empty chunk (verified end) or an error.
+///
+/// skopeo (protocol 0.2.3) closes a blob's pipe only when `FinishPipe` is called, and handles
+/// requests one at a time, so `FinishPipe` must neither come too late (the reader would wait
+/// for an end that never comes) nor too early (it blocks every other request until this blob is
+/// through, which would serialise the layers). So: read the declared size first, then finish;
+/// if the data stalls before that (skopeo may have failed), finish concurrently with reading.
+async fn pump(
+    opened: Arc<Opened>,
+    digest: ProxyDigest,
+    size: u64,
+    tx: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
+) {
+    let proxy_err = |e: containers_image_proxy::Error| io::Error::other(format!("skopeo: {e}"));
+    let (mut reader, mut driver) = match opened.proxy.get_blob(&opened.image, &digest, size).await
+    {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = tx.send(Err(proxy_err(e))).await;
+            return;
+        }
+    };
+    let mut received = 0u64;
+    // `false` once the reader is gone (it gave up) or a read failed: keep draining, stop sending.
+    let mut forward = true;
+    let mut read_error = None;
+    while received < size && forward {
+        let want = usize::try_from(size - received).map_or(CHUNK, |r| r.min(CHUNK));
+        let mut buf = vec![0u8; want];
+        match tokio::time::timeout(STALL, reader.read(&mut buf)).await {
+            Err(_) | Ok(Ok(0)) => break,
+            Ok(Ok(n)) => {
+                buf.truncate(n);
+                received += n as u64;
+                forward = tx.send(Ok(buf)).await.is_ok();
+            }
+            Ok(Err(e)) => {
+                read_error = Some(e);
+                forward = false;
+            }
+        }
+    }
+    let tx_ref = &tx;
+    let rest = async move {
+        let mut extra = 0u64;
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            match reader.read(&mut buf).await {
+                Ok(0) => return Ok(extra),
+                Ok(n) => {
+                    extra += n as u64;
+                    if forward {
+                        buf.truncate(n);
+                        forward = tx_ref.send(Ok(buf)).await.is_ok();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let (rest, verdict) = tokio::join!(rest, &mut driver);
+    let end = match (read_error, rest, verdict) {
+        (_, _, Err(e)) => Err(proxy_err(e)),
+        (Some(e), _, _) | (None, Err(e), _) => Err(e),
+        (None, Ok(extra), Ok(())) if received + extra != size => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "blob {digest} is {} bytes, its descriptor says {size}",
+                received + extra
+            ),
+        )),
+        (None, Ok(_), Ok(())) => Ok(Vec::new()),
+    };
+    let _ = tx.send(end).await;
+}
+
+impl ImageSource for SkopeoSource {
+    fn describe(&self) -> String {
+        self.reference.clone()
+    }
+
+    fn manifest(&self) -> Result<(OciDigest, Vec<u8>), OciError> {
+        let (runtime, opened) = self.parts()?;
+        let opened = Arc::clone(opened);
+        let (digest, bytes) = runtime
+            .block_on(async move { opened.proxy.fetch_manifest_raw_oci(&opened.image).await })
+            .map_err(|e| OciError::proxy(format!("fetching the manifest of {}", self.reference), e))?;
+        let digest = digest.parse().map_err(|e| OciError::Invalid {
+            what: format!("manifest of {}", self.reference),
+            reason: format!("skopeo reported an unusable digest: {e}"),
+        })?;
+        Ok((digest, bytes))
+    }
+
+    fn open_blob<'a>(
+        &'a self,
+        what: &str,
+        desc: &Descriptor,
+    ) -> Result<Box<dyn Read + Send + 'a>, OciError> {
+        let digest = ProxyDigest::from_str(&desc.digest.to_string())
+            .map_err(|e| OciError::proxy(format!("{what} {}", desc.digest), e))?;
+        let (runtime, opened) = self.parts()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(CHANNEL_DEPTH);
+        runtime.spawn(pump(Arc::clone(opened), digest, desc.size, tx));
+        Ok(Box::new(ChannelReader {
+            rx,
+            buf: Vec::new(),
+            at: 0,
+            done: false,
+        }))
+    }
+}

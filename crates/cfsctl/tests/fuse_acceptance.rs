@@ -1,0 +1,804 @@
+//! Acceptance tests of the FUSE server (issue 4, items 1–4), as root on real FUSE mounts:
+//!
+//! 1. dumpfile round trip: `cfsctl create-dumpfile` over a `fuse-serve` mount of a
+//!    `mkcomposefs --digest-store` image, and over `cfsctl mount --fuse` / `--fuse=passthrough`
+//!    mounts of a repository image, equals `composefs-info dump` of the image, and every external
+//!    file reads back byte for byte;
+//! 2. with passthrough, reading a 256 MiB file sends no READ to the server (its counters say so);
+//!    without, READs are counted;
+//! 3. a tampered object in an insecure repository fails its open with EIO and a log line naming
+//!    it, while untampered files still read;
+//! 4. truncated and corrupt images are refused at startup with a clear error; damage written into
+//!    the served image afterwards gives EIO for the operations that meet it while the server keeps
+//!    serving (and then stops cleanly); a missing object gives EIO on open.
+//!
+//! The stress test (item 5) is in `fuse_stress.rs`. Every wait has a time limit; guards kill the
+//! servers and detach their mounts on failure, and every test checks at the end that nothing is
+//! left mounted under its temporary directory.
+
+mod common;
+mod fuse_support;
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cfs_format::dumpfile::escape::unescape;
+use cfs_format::erofs::reader::Image;
+use common::source_tree::{build_source_tree, check_source_tree, MIB};
+use common::{assert_nothing_mounted_under, content_difference, mount_at, pattern, run_ok, skip};
+use fuse_support::{
+    cfsctl, composefs_info, dev_of, eio, errno_of, fuse_available, make_dir, mkcomposefs,
+    read_file, test_dir, with_timeout, BackgroundMount, Server, TOOL_TIMEOUT, WALK_TIMEOUT,
+};
+use sha2::{Digest as _, Sha256};
+
+// ---------------------------------------------------------------------------------------------
+// Dumpfiles
+// ---------------------------------------------------------------------------------------------
+
+/// Dumpfile field indexes (composefs-dump(5)).
+const F_PATH: usize = 0;
+const F_SIZE: usize = 1;
+const F_MODE: usize = 2;
+const F_PAYLOAD: usize = 8;
+
+const S_IFMT: u32 = 0o170_000;
+const S_IFDIR: u32 = 0o040_000;
+const S_IFREG: u32 = 0o100_000;
+
+/// The (escaped) fields of one dumpfile line; escaped fields never contain a space.
+fn fields(line: &[u8]) -> Vec<&[u8]> {
+    line.split(|&b| b == b' ').collect()
+}
+
+/// The MODE field as a number, `@` (hardlink) prefix removed.
+fn mode_of(mode_field: &[u8]) -> u32 {
+    let digits = mode_field.strip_prefix(b"@").unwrap_or(mode_field);
+    u32::from_str_radix(&String::from_utf8_lossy(digits), 8)
+        .unwrap_or_else(|e| panic!("bad MODE field {:?}: {e}", digits.escape_ascii()))
+}
+
+/// Lines of `dump` (trailing newlines trimmed), normalised where `composefs-info dump` (the
+/// image's dumpfile) and `cfsctl create-dumpfile` (a dumpfile of a directory tree, here the
+/// mount) legitimately differ, and only there:
+///
+/// - **Directory SIZE.** `composefs-info` prints the directory's `i_size` (the bytes of its
+///   EROFS directory blocks), `create-dumpfile` prints 0 (the dumpfile writer ignores directory
+///   sizes, and the size of a directory on the host says nothing about the image). Directory
+///   lines get SIZE `-` on both sides.
+/// - **Hardlink line form.** Both print a hardlink as `PATH … @MODE … TARGET …` with the path of
+///   the first name as PAYLOAD, but `composefs-info` repeats the target's metadata (C style:
+///   `/b 2 @100644 2 0 0 0 <mtime> /a <content> <digest> <xattrs>`) while `create-dumpfile`
+///   writes the rs placeholder form (`/b 0 @120000 - - - - 0.0 /a - -`). Hardlink lines become
+///   `PATH @ TARGET`; the shared metadata is still compared on the target's own line.
+///
+/// Everything else — every other field of every entry, the set and order of entries, xattr
+/// names and values, digests, inline contents, nanosecond mtimes — must match byte for byte.
+fn normalise_dump(dump: &[u8]) -> Vec<Vec<u8>> {
+    let text = dump.strip_suffix(b"\n").unwrap_or(dump);
+    text.split(|&b| b == b'\n')
+        .map(|line| {
+            let f = fields(line);
+            assert!(f.len() >= 11, "short dumpfile line {:?}", line.escape_ascii());
+            if f[F_MODE].starts_with(b"@") {
+                let mut out = f[F_PATH].to_vec();
+                out.extend_from_slice(b" @ ");
+                out.extend_from_slice(f[F_PAYLOAD]);
+                return out;
+            }
+            if mode_of(f[F_MODE]) & S_IFMT == S_IFDIR {
+                let mut f = f.clone();
+                f[F_SIZE] = b"-";
+                return f.join(&b' ');
+            }
+            line.to_vec()
+        })
+        .collect()
+}
+
+/// `composefs-info dump IMAGE`.
+fn image_dump(image: &Path) -> Vec<u8> {
+    run_ok(composefs_info().arg("dump").arg(image), TOOL_TIMEOUT).stdout
+}
+
+/// `cfsctl create-dumpfile --no-propagate-usr-to-root MNT` (the tree as found, no OCI
+/// transform). `create-dumpfile` computes the digests of external files with the selected
+/// repository's algorithm when a repository exists at `--repo`, else with `--hash` (see
+/// `image_settings` in src/cli.rs); a `--repo` path that does not exist and `--hash sha256`
+/// make it use sha256, as `mkcomposefs` and our sha256 repositories do.
+fn mount_dump(mnt: &Path, scratch: &Path) -> Vec<u8> {
+    let no_repo = scratch.join("no-such-repository");
+    assert!(!no_repo.exists());
+    run_ok(
+        cfsctl()
+            .arg("--repo")
+            .arg(&no_repo)
+            .args(["--hash", "sha256", "create-dumpfile", "--no-propagate-usr-to-root"])
+            .arg(mnt),
+        TOOL_TIMEOUT,
+    )
+    .stdout
+}
+
+/// Panic, showing the differing lines, unless the normalised dumpfiles are equal.
+fn assert_dumps_equal(image_dump: &[u8], mount_dump: &[u8], what: &str) {
+    let want = normalise_dump(image_dump);
+    let got = normalise_dump(mount_dump);
+    if want == got {
+        return;
+    }
+    let want_set: BTreeSet<&Vec<u8>> = want.iter().collect();
+    let got_set: BTreeSet<&Vec<u8>> = got.iter().collect();
+    let show = |l: &Vec<u8>| {
+        let s = l.escape_ascii().to_string();
+        if s.len() > 300 {
+            format!("{}… ({} bytes)", &s[..300], s.len())
+        } else {
+            s
+        }
+    };
+    let mut msg = format!(
+        "{what}: the mount's dumpfile ({} lines) differs from the image's ({} lines)\n",
+        got.len(),
+        want.len()
+    );
+    for l in want.iter().filter(|l| !got_set.contains(l)).take(40) {
+        msg.push_str(&format!("  - image: {}\n", show(l)));
+    }
+    for l in got.iter().filter(|l| !want_set.contains(l)).take(40) {
+        msg.push_str(&format!("  + mount: {}\n", show(l)));
+    }
+    if want_set == got_set {
+        msg.push_str("  (same lines, different order)\n");
+    }
+    panic!("{msg}");
+}
+
+/// The paths (relative, raw bytes) of the external regular files in the image's dumpfile:
+/// regular files with a PAYLOAD (object path), and hardlinks to them.
+fn external_files(image_dump: &[u8]) -> Vec<PathBuf> {
+    let mut external = BTreeSet::new();
+    let mut links = Vec::new();
+    let text = image_dump.strip_suffix(b"\n").unwrap_or(image_dump);
+    for line in text.split(|&b| b == b'\n') {
+        let f = fields(line);
+        let path = unescape(f[F_PATH]).expect("unescape PATH").into_owned();
+        if f[F_MODE].starts_with(b"@") {
+            let target = unescape(f[F_PAYLOAD]).expect("unescape PAYLOAD").into_owned();
+            links.push((path, target));
+        } else if mode_of(f[F_MODE]) & S_IFMT == S_IFREG && f[F_PAYLOAD] != b"-" {
+            external.insert(path);
+        }
+    }
+    for (path, target) in links {
+        if external.contains(&target) {
+            external.insert(path);
+        }
+    }
+    external
+        .into_iter()
+        .map(|p| {
+            let p = p.strip_prefix(b"/").expect("absolute dumpfile path");
+            PathBuf::from(OsStr::from_bytes(p))
+        })
+        .collect()
+}
+
+/// The dumpfile round trip over the mount at `mnt`: `create-dumpfile MNT` equals `image_dump`
+/// (normalised), and every external file reads back exactly as its source under `src`.
+fn check_round_trip(image_dump: &[u8], src: &Path, mnt: &Path, scratch: &Path, what: &str) {
+    let dump = mount_dump(mnt, scratch);
+    assert_dumps_equal(image_dump, &dump, what);
+    let external = external_files(image_dump);
+    assert!(
+        external.len() >= 10,
+        "{what}: only {} external files in the image: the test would prove little",
+        external.len()
+    );
+    let (src, mnt, files) = (src.to_owned(), mnt.to_owned(), external.clone());
+    let diffs = with_timeout("reading the external files", WALK_TIMEOUT, move || {
+        files
+            .iter()
+            .filter_map(|rel| {
+                content_difference(&src.join(rel), &mnt.join(rel))
+                    .map(|d| format!("{}: {d}", rel.display()))
+            })
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        diffs.is_empty(),
+        "{what}: external files differ from their sources:\n  {}",
+        diffs.join("\n  ")
+    );
+}
+
+/// The source tree of `build_source_tree` and its `mkcomposefs --hardlinks --digest-store`
+/// image.
+struct MkcomposefsImage {
+    src: PathBuf,
+    image: PathBuf,
+    objects: PathBuf,
+}
+
+fn mkcomposefs_image(dir: &Path) -> MkcomposefsImage {
+    let src = dir.join("src");
+    let image = dir.join("image.cfs");
+    let objects = dir.join("objects");
+    build_source_tree(&src);
+    check_source_tree(&src);
+    let mut store = OsStr::new("--digest-store=").to_owned();
+    store.push(&objects);
+    run_ok(
+        mkcomposefs()
+            .arg("--hardlinks")
+            .arg(store)
+            .arg(&src)
+            .arg(&image),
+        TOOL_TIMEOUT,
+    );
+    MkcomposefsImage {
+        src,
+        image,
+        objects,
+    }
+}
+
+/// `cfsctl --repo REPO ARGS…`.
+fn in_repo(repo: &Path, args: &[&OsStr]) -> std::process::Output {
+    run_ok(cfsctl().arg("--repo").arg(repo).args(args), TOOL_TIMEOUT)
+}
+
+/// An insecure sha256 repository at `repo` holding `src` as image `name` (no OCI transform);
+/// returns the image file (`images/<id>`).
+fn repo_image(repo: &Path, src: &Path, name: &str) -> PathBuf {
+    in_repo(
+        repo,
+        &[
+            OsStr::new("init"),
+            OsStr::new("--insecure"),
+            OsStr::new("--algorithm"),
+            OsStr::new("fsverity-sha256-12"),
+        ],
+    );
+    let out = in_repo(
+        repo,
+        &[
+            OsStr::new("create-image"),
+            OsStr::new("--no-propagate-usr-to-root"),
+            src.as_os_str(),
+            OsStr::new(name),
+        ],
+    );
+    let id = String::from_utf8(out.stdout).expect("image id is text");
+    let id = id.trim();
+    let hex = id.rsplit(':').next().expect("image id");
+    let image = repo.join("images").join(hex);
+    assert!(image.exists(), "no image file {image:?} for id {id}");
+    image
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Dumpfile round trip
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn dumpfile_round_trip_over_fuse_serve() {
+    if !fuse_available("FUSE dumpfile round trip (fuse-serve)") {
+        return;
+    }
+    let tmp = test_dir("cfs-fuse-acc-dump-");
+    {
+        let img = mkcomposefs_image(tmp.path());
+        let want = image_dump(&img.image);
+        let mnt = make_dir(tmp.path(), "mnt");
+        for opts in ["", "passthrough"] {
+            let log = tmp.path().join(format!("serve-{opts}.log"));
+            let mut server = Server::fuse_serve(&img.image, &img.objects, opts, &mnt, &log);
+            assert_eq!(mount_at(&mnt).map(|m| m.fstype), Some("fuse".to_owned()));
+            check_round_trip(
+                &want,
+                &img.src,
+                &mnt,
+                tmp.path(),
+                &format!("fuse-serve -o '{opts}'"),
+            );
+            server.stop();
+        }
+    }
+    assert_nothing_mounted_under(tmp.path());
+}
+
+#[test]
+fn dumpfile_round_trip_over_mount_fuse() {
+    if !fuse_available("FUSE dumpfile round trip (mount --fuse)") {
+        return;
+    }
+    let tmp = test_dir("cfs-fuse-acc-mount-");
+    {
+        let src = tmp.path().join("src");
+        build_source_tree(&src);
+        check_source_tree(&src);
+        let repo = tmp.path().join("repo");
+        let image = repo_image(&repo, &src, "img");
+        let want = image_dump(&image);
+        let mnt = make_dir(tmp.path(), "mnt");
+        for fuse_arg in ["--fuse", "--fuse=passthrough"] {
+            let mount = BackgroundMount::mount(&repo, "img", fuse_arg, &mnt);
+            check_round_trip(
+                &want,
+                &src,
+                mount.path(),
+                tmp.path(),
+                &format!("mount {fuse_arg}"),
+            );
+            // An unmount from outside ends the background server.
+            mount.unmount();
+        }
+    }
+    assert_nothing_mounted_under(tmp.path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Passthrough reads stay in the kernel
+// ---------------------------------------------------------------------------------------------
+
+/// Read `path` to the end in 1 MiB pieces: (length, sha256).
+fn hash_file(path: &Path) -> std::io::Result<(u64, [u8; 32])> {
+    let path = path.to_owned();
+    with_timeout(
+        &format!("reading {}", path.display()),
+        WALK_TIMEOUT,
+        move || {
+            let mut f = fs::File::open(&path)?;
+            let mut buf = vec![0u8; MIB];
+            let mut hasher = Sha256::new();
+            let mut len = 0u64;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                len += n as u64;
+            }
+            Ok((len, hasher.finalize().into()))
+        },
+    )
+}
+
+#[test]
+fn passthrough_reads_stay_in_the_kernel() {
+    if !fuse_available("FUSE passthrough READ counts") {
+        return;
+    }
+    const BIG: usize = 256 * MIB;
+    let tmp = test_dir("cfs-fuse-acc-pt-");
+    {
+        let src = make_dir(tmp.path(), "src");
+        // 256 MiB: one pseudo-random MiB, each copy stamped with its index so that no two
+        // blocks of the file are alike.
+        let want = {
+            let f = fs::File::create(src.join("big")).expect("create big");
+            let mut chunk = pattern(42, MIB);
+            let mut hasher = Sha256::new();
+            for i in 0..(BIG / MIB) as u64 {
+                chunk[..8].copy_from_slice(&i.to_le_bytes());
+                f.write_all_at(&chunk, i * MIB as u64).expect("write big");
+                hasher.update(&chunk);
+            }
+            (BIG as u64, <[u8; 32]>::from(hasher.finalize()))
+        };
+        fs::write(src.join("small"), b"inline").expect("write small");
+        let image = tmp.path().join("image.cfs");
+        let objects = tmp.path().join("objects");
+        let mut store = OsStr::new("--digest-store=").to_owned();
+        store.push(&objects);
+        run_ok(
+            mkcomposefs().arg(store).arg(&src).arg(&image),
+            Duration::from_secs(300),
+        );
+        let mnt = make_dir(tmp.path(), "mnt");
+
+        // With passthrough the kernel reads the object itself: OPEN reaches the server, READ
+        // never does.
+        let log = tmp.path().join("passthrough.log");
+        let mut server = Server::fuse_serve(&image, &objects, "passthrough", &mnt, &log);
+        let got = hash_file(&mnt.join("big")).expect("read big with passthrough");
+        assert!(got == want, "big read back wrong with passthrough");
+        let during = server.counters_now();
+        let at_exit = server.stop();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("passthrough unavailable") || text.contains("passthrough disabled") {
+            skip(
+                "the passthrough READ count",
+                &format!("the kernel does not do FUSE passthrough here:\n{text}"),
+            );
+        } else {
+            for table in [&during, &at_exit] {
+                assert!(table.get("OPEN") >= 1, "big was never opened: {table:?}");
+                assert_eq!(
+                    (table.get("READ"), table.get("READ_BYTES")),
+                    (0, 0),
+                    "passthrough reads reached the server ({}): {table:?}\n{text}",
+                    table.why
+                );
+            }
+        }
+
+        // Without passthrough every byte comes through READ requests.
+        let log = tmp.path().join("userspace.log");
+        let mut server = Server::fuse_serve(&image, &objects, "", &mnt, &log);
+        let got = hash_file(&mnt.join("big")).expect("read big without passthrough");
+        assert!(got == want, "big read back wrong without passthrough");
+        let during = server.counters_now();
+        let at_exit = server.stop();
+        for table in [&during, &at_exit] {
+            assert!(table.get("READ") > 0, "no READ counted: {table:?}");
+            assert!(
+                table.get("READ_BYTES") >= BIG as u64,
+                "fewer READ bytes than the file has: {table:?}"
+            );
+        }
+    }
+    assert_nothing_mounted_under(tmp.path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Tampered objects (and 4. missing objects) in an insecure repository
+// ---------------------------------------------------------------------------------------------
+
+/// The object path (`XX/<rest>`, from the PAYLOAD field) of `/name` in the image's dumpfile.
+fn object_of(image_dump: &[u8], name: &str) -> String {
+    let path = format!("/{name}");
+    let text = String::from_utf8_lossy(image_dump);
+    let line = text
+        .lines()
+        .find(|l| l.split(' ').next() == Some(path.as_str()))
+        .unwrap_or_else(|| panic!("{path} not in the image:\n{text}"));
+    let payload = line.split(' ').nth(F_PAYLOAD).expect("PAYLOAD field");
+    assert_ne!(payload, "-", "{path} is not external: {line}");
+    payload.to_owned()
+}
+
+/// Change one byte of `object` keeping its size: in place when the file can be written, else
+/// (fs-verity objects are immutable) by replacing it with a changed copy.
+fn tamper(object: &Path) {
+    let mut bytes = fs::read(object).unwrap_or_else(|e| panic!("read {object:?}: {e}"));
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x01;
+    let in_place = fs::OpenOptions::new()
+        .write(true)
+        .open(object)
+        .and_then(|f| f.write_all_at(&bytes[i..=i], i as u64));
+    if let Err(e) = in_place {
+        eprintln!("cannot write {object:?} in place ({e}): replacing it with a changed copy");
+        let copy = object.with_extension("tampered");
+        fs::write(&copy, &bytes).expect("write the changed copy");
+        fs::rename(&copy, object).expect("replace the object");
+    }
+    assert_eq!(fs::read(object).expect("reread").len(), bytes.len());
+}
+
+#[test]
+fn tampered_and_missing_objects_give_eio() {
+    if !fuse_available("FUSE verification of objects") {
+        return;
+    }
+    let tmp = test_dir("cfs-fuse-acc-tamper-");
+    {
+        let src = make_dir(tmp.path(), "src");
+        for (i, name) in ["tampered", "good", "missing", "other"].iter().enumerate() {
+            fs::write(src.join(name), pattern(i as u64 + 7, 20_000 + i * 1000)).expect("write");
+        }
+        fs::write(src.join("inline"), b"small").expect("write");
+        let repo = tmp.path().join("repo");
+        let image = repo_image(&repo, &src, "img");
+        let dump = image_dump(&image);
+        let tampered = object_of(&dump, "tampered");
+        let missing = object_of(&dump, "missing");
+        tamper(&repo.join("objects").join(&tampered));
+        fs::remove_file(repo.join("objects").join(&missing)).expect("remove an object");
+
+        // Objects from the repository (no --objects).
+        let mnt = make_dir(tmp.path(), "mnt");
+        let log = tmp.path().join("serve.log");
+        let mut server = Server::start(
+            &[
+                OsStr::new("--repo"),
+                repo.as_os_str(),
+                OsStr::new("fuse-serve"),
+                image.as_os_str(),
+                mnt.as_os_str(),
+            ],
+            &mnt,
+            &log,
+        );
+        let naming = |server: &Server, object: &str| {
+            let text = server.log_text();
+            let line = text.lines().find(|l| l.contains(object)).map(str::to_owned);
+            line.unwrap_or_else(|| panic!("no log line names object {object}:\n{text}"))
+        };
+
+        // The tampered file: EIO on open, every time; the log names the object.
+        for attempt in 0..2 {
+            let r = read_file(&mnt.join("tampered"));
+            assert_eq!(errno_of(r, "open tampered"), eio(), "attempt {attempt}");
+        }
+        let line = naming(&server, &tampered);
+        assert!(line.contains("verification"), "{line}");
+
+        // The missing object: EIO on open, named in the log.
+        let r = read_file(&mnt.join("missing"));
+        assert_eq!(errno_of(r, "open missing"), eio());
+        let line = naming(&server, &missing);
+        assert!(line.contains("missing"), "{line}");
+
+        // Untampered files still read, afterwards.
+        for name in ["good", "other", "inline"] {
+            assert_eq!(
+                content_difference(&src.join(name), &mnt.join(name)),
+                None,
+                "{name}"
+            );
+        }
+        assert!(server.is_running(), "{}", server.log_text());
+        let counters = server.stop();
+        assert!(counters.get("OPEN") >= 5, "{counters:?}");
+    }
+    assert_nothing_mounted_under(tmp.path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Bad images
+// ---------------------------------------------------------------------------------------------
+
+fn put_u16(bytes: &mut [u8], at: u64, v: u16) {
+    let at = at as usize;
+    bytes[at..at + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u32(bytes: &mut [u8], at: u64, v: u32) {
+    let at = at as usize;
+    bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Byte offset of the first stored byte of the data of `path` in `image` (its first block, or
+/// its inline tail when it has no block).
+fn data_offset(image: &[u8], path: &[u8]) -> u64 {
+    let img = Image::open(image).expect("valid image");
+    let inode = img
+        .resolve(path)
+        .expect("resolve")
+        .unwrap_or_else(|| panic!("{} not in the image", path.escape_ascii()));
+    let data = inode.data().expect("flat data");
+    if data.head().is_empty() {
+        data.tail_offset()
+    } else {
+        data.head_offset()
+    }
+}
+
+/// Byte offset of the inode of `path` in `image`.
+fn inode_offset(image: &[u8], path: &[u8]) -> u64 {
+    let img = Image::open(image).expect("valid image");
+    img.resolve(path)
+        .expect("resolve")
+        .unwrap_or_else(|| panic!("{} not in the image", path.escape_ascii()))
+        .offset()
+}
+
+#[test]
+fn truncated_and_corrupt_images_are_refused() {
+    if !fuse_available("FUSE startup checks") {
+        return;
+    }
+    let tmp = test_dir("cfs-fuse-acc-badimg-");
+    {
+        let src = make_dir(tmp.path(), "src");
+        for i in 0..40 {
+            fs::write(src.join(format!("file-{i:02}")), pattern(i, 100 * i as usize))
+                .expect("write");
+        }
+        fs::create_dir(src.join("dir")).expect("mkdir");
+        let image = tmp.path().join("good.cfs");
+        let objects = tmp.path().join("objects");
+        let mut store = OsStr::new("--digest-store=").to_owned();
+        store.push(&objects);
+        run_ok(
+            mkcomposefs().arg(store).arg(&src).arg(&image),
+            TOOL_TIMEOUT,
+        );
+        let good = fs::read(&image).expect("read the image");
+        assert!(good.len() >= 3 * 4096, "{} bytes", good.len());
+        let root_inode = Image::open(&good).expect("valid").root().expect("root").offset();
+        let root_data = data_offset(&good, b"/");
+
+        let damaged = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut b = good.clone();
+            f(&mut b);
+            b
+        };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("truncated in the header", good[..512].to_vec()),
+            ("truncated in the superblock", good[..1100].to_vec()),
+            ("truncated to half", good[..good.len() / 2].to_vec()),
+            ("last block missing", good[..good.len() - 4096].to_vec()),
+            ("bad composefs magic", damaged(&|b| b[0] ^= 0xff)),
+            ("bad EROFS magic", damaged(&|b| b[1024] ^= 0xff)),
+            // Superblock: root NID far past the end; block count beyond the file.
+            ("superblock root_nid", damaged(&|b| put_u16(b, 1038, 0xffff))),
+            ("superblock blocks", damaged(&|b| put_u32(b, 1060, u32::MAX))),
+            // Root inode: unknown format bits; a regular file instead of a directory.
+            (
+                "root inode format",
+                damaged(&|b| put_u16(b, root_inode, 0xffff)),
+            ),
+            (
+                "root inode mode",
+                damaged(&|b| put_u16(b, root_inode + 4, 0o100_644)),
+            ),
+            // Root directory: the first entry's name offset points past the block.
+            (
+                "root directory entry",
+                damaged(&|b| put_u16(b, root_data + 8, 0xffff)),
+            ),
+        ];
+        let mnt = make_dir(tmp.path(), "mnt");
+        let before = dev_of(&mnt);
+        for (i, (what, bytes)) in cases.iter().enumerate() {
+            let bad = tmp.path().join(format!("bad-{i:02}.cfs"));
+            fs::write(&bad, bytes).expect("write the bad image");
+            let log = tmp.path().join(format!("bad-{i:02}.log"));
+            let (status, stderr) = Server::expect_refusal(
+                &[
+                    OsStr::new("fuse-serve"),
+                    bad.as_os_str(),
+                    mnt.as_os_str(),
+                    OsStr::new("--objects"),
+                    objects.as_os_str(),
+                ],
+                &mnt,
+                &log,
+            );
+            assert!(!status.success(), "{what}: served a bad image:\n{stderr}");
+            assert_eq!(status.code(), Some(1), "{what}: {status}\n{stderr}");
+            // A clear error: one line naming the image and what is wrong with it.
+            let stderr = stderr.trim();
+            assert!(
+                stderr.starts_with("cfsctl: serving ") && stderr.contains(&*bad.to_string_lossy()),
+                "{what}: the error does not name the image:\n{stderr}"
+            );
+            assert!(
+                stderr.contains("invalid composefs image") || stderr.contains("the image file is empty"),
+                "{what}: unclear error:\n{stderr}"
+            );
+            assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+            assert!(mount_at(&mnt).is_none(), "{what}: left a mount behind");
+            assert_eq!(dev_of(&mnt), before, "{what}");
+        }
+    }
+    assert_nothing_mounted_under(tmp.path());
+}
+
+/// Overwrite `bytes` at `offset` of the file at `path` (pwrite, in place: a server that has the
+/// image mapped sees the change).
+fn pwrite(path: &Path, offset: u64, bytes: &[u8]) {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {path:?} for writing: {e}"));
+    f.write_all_at(bytes, offset)
+        .unwrap_or_else(|e| panic!("pwrite {path:?} at {offset}: {e}"));
+}
+
+#[test]
+fn damage_found_while_serving_gives_eio() {
+    if !fuse_available("FUSE serving of an image damaged after startup") {
+        return;
+    }
+    let tmp = test_dir("cfs-fuse-acc-damage-");
+    {
+        let img = mkcomposefs_image(tmp.path());
+        let bytes = fs::read(&img.image).expect("read the image");
+        // Where to damage, found before serving: the inode of a deep directory, the second
+        // block of a multi-block directory, and the data of another directory.
+        let deepest = inode_offset(&bytes, b"/sub/deeper/deepest");
+        let many_block = {
+            let image = Image::open(&bytes).expect("valid image");
+            let many = image.resolve(b"/many").expect("resolve").expect("/many");
+            let data = many.data().expect("/many data");
+            assert!(data.head().len() >= 2 * 4096, "/many spans several blocks");
+            data.head_offset() + 4096
+        };
+        let hardlinks = data_offset(&bytes, b"/hardlinks");
+
+        let mnt = make_dir(tmp.path(), "mnt");
+        let log = tmp.path().join("serve.log");
+        let mut server = Server::fuse_serve(&img.image, &img.objects, "", &mnt, &log);
+
+        // Damage the served image in place; nothing below the root has been looked at yet, so
+        // the kernel has nothing cached that could hide it.
+        pwrite(&img.image, deepest, &[0xff, 0xff]);
+        pwrite(&img.image, many_block + 8, &[0xff, 0xff]);
+        pwrite(&img.image, hardlinks + 8, &[0xff, 0xff]);
+
+        let m = mnt.clone();
+        let (stat_deepest, list_many, lookup_hardlink) =
+            with_timeout("reading the damaged parts", WALK_TIMEOUT, move || {
+                let list = |dir: &Path| -> std::io::Result<usize> {
+                    let mut n = 0;
+                    for e in fs::read_dir(dir)? {
+                        e?;
+                        n += 1;
+                    }
+                    Ok(n)
+                };
+                (
+                    fs::symlink_metadata(m.join("sub/deeper/deepest")),
+                    list(&m.join("many")),
+                    fs::symlink_metadata(m.join("hardlinks/ext-a")),
+                )
+            });
+        assert_eq!(errno_of(stat_deepest, "stat sub/deeper/deepest"), eio());
+        assert_eq!(errno_of(list_many, "readdir many"), eio());
+        assert_eq!(errno_of(lookup_hardlink, "lookup hardlinks/ext-a"), eio());
+        // The operations failed, the server did not.
+        assert!(server.is_running(), "{}", server.log_text());
+        assert!(
+            server.log_text().contains("damaged image"),
+            "{}",
+            server.log_text()
+        );
+        // The undamaged parts are still served.
+        for name in ["s1m", "sub/deeper/file", "xattrs/file", "sub/ext-c"] {
+            assert_eq!(
+                content_difference(&img.src.join(name), &mnt.join(name)),
+                None,
+                "{name}"
+            );
+        }
+        assert!(fs::read_dir(mnt.join("sub/deeper")).is_ok());
+        // And it still stops cleanly.
+        server.stop();
+    }
+    assert_nothing_mounted_under(tmp.path());
+}
+
+#[test]
+fn unreadable_objects_directory_is_refused() {
+    if !fuse_available("FUSE startup with a missing objects directory") {
+        return;
+    }
+    let tmp = test_dir("cfs-fuse-acc-noobj-");
+    {
+        let src = make_dir(tmp.path(), "src");
+        fs::write(src.join("f"), b"x").expect("write");
+        let image = tmp.path().join("image.cfs");
+        run_ok(mkcomposefs().arg(&src).arg(&image), TOOL_TIMEOUT);
+        let mnt = make_dir(tmp.path(), "mnt");
+        let objects = tmp.path().join("no-objects");
+        let log = tmp.path().join("serve.log");
+        let (status, stderr) = Server::expect_refusal(
+            &[
+                OsStr::new("fuse-serve"),
+                image.as_os_str(),
+                mnt.as_os_str(),
+                OsStr::new("--objects"),
+                objects.as_os_str(),
+            ],
+            &mnt,
+            &log,
+        );
+        assert!(!status.success(), "{stderr}");
+        assert!(stderr.contains("objects directory"), "{stderr}");
+        assert!(mount_at(&mnt).is_none(), "left a mount behind");
+    }
+    assert_nothing_mounted_under(tmp.path());
+}

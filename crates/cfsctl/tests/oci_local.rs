@@ -1,0 +1,685 @@
+//! `cfsctl oci …` end to end on hand-written OCI layouts (no network): the FORMATS.md §6
+//! vector pulled from real PAX tar layers gives composefs-rs's image ids, compressions agree,
+//! re-pulls fetch nothing, shared layers are stored once, bad layers fail cleanly, untag + gc
+//! collects exactly the unique objects, `oci layer` gives the tar back. With skopeo installed,
+//! the same image also goes through skopeo's image proxy (`oci-archive:`, `dir:`) and through
+//! a real registry (`docker-registry` on loopback, `docker://`). With root, the image is
+//! mounted (kernel and FUSE).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cfs_oci::testutil::{self, Compress, Entry, Layer, Layout};
+use common::{describe_output, kernel_mount_unavailable, root_unavailable, run_with_timeout, skip};
+
+const TIMEOUT: Duration = Duration::from_secs(180);
+
+fn cfsctl(repo: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cfsctl"));
+    cmd.arg("--repo").arg(repo).args(args);
+    run_with_timeout(&mut cmd, TIMEOUT).unwrap_or_else(|e| panic!("running cfsctl {args:?}: {e}"))
+}
+
+fn ok(repo: &Path, args: &[&str]) -> String {
+    let out = cfsctl(repo, args);
+    assert!(
+        out.status.success(),
+        "cfsctl {args:?} failed\n{}",
+        describe_output(&out)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+fn fails(repo: &Path, args: &[&str]) -> String {
+    let out = cfsctl(repo, args);
+    assert!(
+        !out.status.success(),
+        "cfsctl {args:?} should fail\n{}",
+        describe_output(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The value of the `key value…` line of `pull` output.
+fn field<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {key:?} line in {out:?}"))
+}
+
+fn init(dir: &Path, algorithm: &str) -> PathBuf {
+    let repo = dir.join(format!("repo-{algorithm}"));
+    ok(
+        &repo,
+        &[
+            "init",
+            "--insecure",
+            "--algorithm",
+            &format!("fsverity-{algorithm}-12"),
+        ],
+    );
+    repo
+}
+
+fn vector_layout(dir: &Path, compress: Compress) -> (Layout, Vec<Layer>) {
+    let layout = Layout::create(&dir.join("oci"));
+    let (l1, l2) = testutil::vector_layers();
+    let layers = vec![Layer::new(l1, compress), Layer::new(l2, compress)];
+    layout.add_image("t", &layers);
+    (layout, layers)
+}
+
+fn objects(repo: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for d in std::fs::read_dir(repo.join("objects")).expect("objects") {
+        let d = d.expect("entry");
+        for f in std::fs::read_dir(d.path()).expect("subdir") {
+            let f = f.expect("entry");
+            out.insert(format!(
+                "{}{}",
+                d.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy()
+            ));
+        }
+    }
+    out
+}
+
+fn assert_fsck_clean(repo: &Path) {
+    let out = ok(repo, &["fsck"]);
+    assert!(!out.contains("fsck:"), "{out}");
+}
+
+#[test]
+fn oci_vector_pull_gives_the_pinned_ids_and_dump() {
+    for (alg, want) in [
+        ("sha256", testutil::VECTOR_ID_SHA256),
+        ("sha512", testutil::VECTOR_ID_SHA512),
+    ] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (layout, layers) = vector_layout(dir.path(), Compress::None);
+        let repo = init(dir.path(), alg);
+        let image = format!("oci:{}:t", layout.dir.display());
+        let out = ok(&repo, &["oci", "pull", &image]);
+        assert_eq!(field(&out, "verity"), want, "{alg}: {out}");
+        assert_eq!(field(&out, "tagged"), image);
+        assert!(
+            out.contains("layers 2 (2 fetched, 0 already present)"),
+            "{out}"
+        );
+        // The tag defaults to IMAGE as written.
+        let computed = ok(&repo, &["oci", "compute-id", &image]);
+        assert_eq!(computed.trim(), want);
+        if alg == "sha256" {
+            assert_eq!(
+                ok(&repo, &["oci", "dump", &image]),
+                testutil::VECTOR_DUMP_SHA256
+            );
+        }
+        // By manifest digest too.
+        let manifest = field(&out, "manifest").to_owned();
+        assert_eq!(
+            ok(&repo, &["oci", "compute-id", &format!("@{manifest}")]).trim(),
+            want
+        );
+        let images = ok(&repo, &["oci", "images", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&images).expect("json");
+        assert_eq!(v[0]["name"], image.as_str());
+        assert_eq!(v[0]["image_id"], want);
+        assert_eq!(v[0]["layers"], 2);
+        let table = ok(&repo, &["oci", "images"]);
+        assert!(table.contains(&image), "{table}");
+        let inspect: serde_json::Value =
+            serde_json::from_str(&ok(&repo, &["oci", "inspect", &image])).expect("json");
+        assert_eq!(inspect["composefs_erofs"], want);
+        assert_eq!(
+            inspect["config"]["rootfs"]["diff_ids"][1],
+            layers[1].diff_id().to_string().as_str()
+        );
+        let config = ok(&repo, &["oci", "inspect", "--config", &image]);
+        assert_eq!(field(&out, "config"), {
+            let d = cfs_oci::OciDigest::of(cfs_oci::DigestAlgorithm::Sha256, config.as_bytes());
+            d.to_string()
+        });
+        assert!(ok(&repo, &["oci", "fsck"]).contains("1 images checked, 0 with problems"));
+        assert_fsck_clean(&repo);
+        // The layer comes back byte for byte; dumpfile and JSON views parse.
+        let diff = layers[0].diff_id().to_string();
+        let tar = cfsctl(&repo, &["oci", "layer", &diff]);
+        assert!(tar.status.success(), "{}", describe_output(&tar));
+        assert!(tar.stdout == layers[0].tar, "oci layer reproduces the tar");
+        let dump = ok(&repo, &["oci", "layer", "--dumpfile", &diff]);
+        assert_eq!(dump.lines().count(), 10, "{dump}");
+        assert!(dump.contains("/usr/bin/big2 0 @100644"), "{dump}");
+        let json: serde_json::Value =
+            serde_json::from_str(&ok(&repo, &["oci", "layer", "--json", &diff])).expect("json");
+        assert_eq!(json["entries"].as_array().map(Vec::len), Some(10));
+        assert_eq!(json["size"], layers[0].tar.len());
+    }
+}
+
+#[test]
+fn oci_gzip_and_zstd_layers_give_the_same_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::create(&dir.path().join("oci"));
+    let (l1, l2) = testutil::vector_layers();
+    let mut big_entries = vec![Entry::dir("opt/", 0o755, 3)];
+    for i in 0..40u32 {
+        let content: Vec<u8> = (0..(i * 10_007)).map(|b| (b ^ i) as u8).collect();
+        big_entries.push(Entry::file(&format!("opt/f{i}"), 0o644, 4, &content));
+    }
+    let big = testutil::tar(&big_entries);
+    let cases = [
+        ("plain", Compress::None),
+        ("gzip", Compress::Gzip(1)),
+        ("gzip-multi", Compress::Gzip(5)),
+        ("zstd", Compress::Zstd(1)),
+        ("zstd-multi", Compress::Zstd(5)),
+    ];
+    for (tag, c) in cases {
+        layout.add_image(
+            tag,
+            &[
+                Layer::new(l1.clone(), c),
+                Layer::new(big.clone(), c),
+                Layer::new(l2.clone(), c),
+            ],
+        );
+    }
+    let mut ids = BTreeSet::new();
+    for (tag, _) in cases {
+        let sub = dir.path().join(tag);
+        let repo = init(&sub, "sha256");
+        let out = ok(
+            &repo,
+            &[
+                "oci",
+                "pull",
+                &format!("oci:{}:{tag}", layout.dir.display()),
+                tag,
+            ],
+        );
+        assert!(out.contains("(3 fetched"), "{tag}: {out}");
+        ids.insert(field(&out, "verity").to_owned());
+        assert_fsck_clean(&repo);
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+}
+
+#[test]
+fn oci_repull_fetches_nothing_and_shared_layers_are_stored_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::create(&dir.path().join("oci"));
+    let (l1, l2) = testutil::vector_layers();
+    let base = Layer::new(l1, Compress::Gzip(1));
+    let top = Layer::new(l2, Compress::Gzip(1));
+    let unique_content = vec![b'U'; 5000];
+    let extra = Layer::new(
+        testutil::tar(&[Entry::file("etc/unique", 0o644, 5, &unique_content)]),
+        Compress::Zstd(1),
+    );
+    layout.add_image("a", &[base.clone(), top.clone()]);
+    layout.add_image("b", &[base, top, extra]);
+    let repo = init(dir.path(), "sha256");
+    let src = |t: &str| format!("oci:{}:{t}", layout.dir.display());
+    let a = ok(&repo, &["oci", "pull", &src("a"), "a"]);
+    assert!(a.contains("layers 2 (2 fetched, 0 already present)"), "{a}");
+    let again = ok(&repo, &["oci", "pull", &src("a"), "a"]);
+    assert!(
+        again.contains("layers 2 (0 fetched, 2 already present)"),
+        "{again}"
+    );
+    assert!(again.contains("bytes 0 fetched"), "{again}");
+    assert_eq!(field(&again, "verity"), field(&a, "verity"));
+
+    let before = objects(&repo);
+    let b = ok(&repo, &["oci", "pull", &src("b"), "b"]);
+    assert!(b.contains("layers 3 (1 fetched, 2 already present)"), "{b}");
+    assert!(b.contains("objects 1 new (5000 bytes), 0 reused"), "{b}");
+    let after = objects(&repo);
+    let big = cfs_format::fsverity::digest(cfs_format::Algorithm::Sha256, &[b'A'; 100]).to_hex();
+    assert!(before.contains(&big) && after.contains(&big));
+
+    // untag a + gc: a's image goes, the shared content and b stay.
+    let a_image = field(&a, "verity").to_owned();
+    let b_image = field(&b, "verity").to_owned();
+    let unique =
+        cfs_format::fsverity::digest(cfs_format::Algorithm::Sha256, &unique_content).to_hex();
+    ok(&repo, &["oci", "untag", "a"]);
+    assert!(fails(&repo, &["oci", "untag", "a"]).contains("not found"));
+    let gc = ok(&repo, &["gc"]);
+    assert!(gc.contains("removed"), "{gc}");
+    let left = objects(&repo);
+    assert!(!left.contains(&a_image), "a's image is collected");
+    assert!(left.contains(&b_image) && left.contains(&big) && left.contains(&unique));
+    assert!(ok(&repo, &["oci", "fsck", "b"]).contains("ok b"));
+    assert_fsck_clean(&repo);
+    // Now untag b too: everything b held goes.
+    ok(&repo, &["oci", "untag", "b"]);
+    ok(&repo, &["gc"]);
+    let left = objects(&repo);
+    assert!(!left.contains(&big) && !left.contains(&unique) && !left.contains(&b_image));
+    assert_fsck_clean(&repo);
+}
+
+#[test]
+fn oci_tag_and_untag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layout, _) = vector_layout(dir.path(), Compress::Zstd(1));
+    let repo = init(dir.path(), "sha512");
+    let out = ok(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            &format!("oci:{}:t", layout.dir.display()),
+            "one",
+        ],
+    );
+    let manifest = field(&out, "manifest");
+    ok(&repo, &["oci", "tag", manifest, "library/two"]);
+    assert!(repo.join("streams/refs/oci/library%2Ftwo").is_symlink());
+    let listed = ok(&repo, &["oci", "images", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    let names: Vec<&str> = v
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(names, ["library/two", "one"]);
+    assert_eq!(
+        ok(&repo, &["oci", "compute-id", "library/two"]).trim(),
+        testutil::VECTOR_ID_SHA512
+    );
+    ok(&repo, &["oci", "untag", "one"]);
+    assert!(fails(&repo, &["oci", "dump", "one"]).contains("not found"));
+    assert!(fails(
+        &repo,
+        &[
+            "oci",
+            "tag",
+            "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            "x"
+        ]
+    )
+    .contains("not found"));
+    assert!(fails(&repo, &["oci", "tag", manifest, "@x"]).contains("reserved"));
+}
+
+#[test]
+fn oci_bad_layers_fail_naming_layer_and_entry_and_leave_no_tag() {
+    let base = || vec![Entry::dir("usr/", 0o755, 1), Entry::dir("etc/", 0o755, 1)];
+    let layer = |more: Vec<Entry>| {
+        let mut e = base();
+        e.extend(more);
+        Layer::new(testutil::tar(&e), Compress::Gzip(1))
+    };
+    let mut cases: Vec<(&str, Vec<Layer>, Vec<String>)> = Vec::new();
+    let l = layer(vec![Entry::file("etc/../../x", 0o644, 1, b"x")]);
+    cases.push((
+        "dotdot",
+        vec![l.clone()],
+        vec![l.diff_id().to_string(), "etc/../../x".into()],
+    ));
+    let l = layer(vec![Entry::file("/etc/shadow", 0o644, 1, b"x")]);
+    cases.push((
+        "absolute",
+        vec![l.clone()],
+        vec![l.diff_id().to_string(), "/etc/shadow".into()],
+    ));
+    let l1 = layer(vec![Entry::symlink("etc/out", "/", 1)]);
+    let l2 = Layer::new(
+        testutil::tar(&[Entry::file("etc/out/etc/passwd", 0o644, 1, b"root::0:0")]),
+        Compress::Gzip(1),
+    );
+    cases.push((
+        "symlink-escape",
+        vec![l1, l2.clone()],
+        vec![
+            l2.diff_id().to_string(),
+            "etc/out/etc/passwd".into(),
+            "symlink".into(),
+        ],
+    ));
+    let l = layer(vec![Entry::hardlink("etc/hl", "etc/missing")]);
+    cases.push((
+        "hardlink",
+        vec![l.clone()],
+        vec![l.diff_id().to_string(), "etc/hl".into()],
+    ));
+    let mut l = layer(vec![Entry::file("etc/blob", 0o644, 1, &vec![3u8; 100_000])]);
+    l.truncate_to = Some(200);
+    cases.push((
+        "truncated-gzip",
+        vec![l.clone()],
+        vec![l.diff_id().to_string()],
+    ));
+    let mut l = layer(vec![Entry::file("etc/f", 0o644, 1, b"f")]);
+    l.diff_id = Some(cfs_oci::OciDigest::of(
+        cfs_oci::DigestAlgorithm::Sha256,
+        b"other",
+    ));
+    cases.push((
+        "diff-id",
+        vec![l.clone()],
+        vec![l.diff_id().to_string(), "diff_id mismatch".into()],
+    ));
+
+    for (name, layers, want) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = Layout::create(&dir.path().join("oci"));
+        layout.add_image("bad", &layers);
+        let repo = init(dir.path(), "sha256");
+        let err = fails(
+            &repo,
+            &[
+                "oci",
+                "pull",
+                &format!("oci:{}:bad", layout.dir.display()),
+                "bad",
+            ],
+        );
+        for w in &want {
+            assert!(
+                err.contains(w.as_str()),
+                "{name}: {err:?} should mention {w:?}"
+            );
+        }
+        assert_eq!(
+            ok(&repo, &["oci", "images", "--json"]).trim(),
+            "[]",
+            "{name}"
+        );
+        assert_fsck_clean(&repo);
+        ok(&repo, &["gc"]);
+        assert_fsck_clean(&repo);
+    }
+
+    // A manifest naming a blob that is not there.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::create(&dir.path().join("oci"));
+    let l = layer(vec![]);
+    layout.add_image("bad", std::slice::from_ref(&l));
+    let blob = cfs_oci::OciDigest::of(cfs_oci::DigestAlgorithm::Sha256, &testutil::gzip(&l.tar));
+    std::fs::remove_file(layout.blob_path(&blob)).expect("remove blob");
+    let repo = init(dir.path(), "sha256");
+    let err = fails(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            &format!("oci:{}:bad", layout.dir.display()),
+            "bad",
+        ],
+    );
+    assert!(
+        err.contains(&blob.to_string()) && err.contains("missing"),
+        "{err}"
+    );
+    assert_eq!(ok(&repo, &["oci", "images", "--json"]).trim(), "[]");
+    assert_fsck_clean(&repo);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through skopeo: its image proxy, and a real registry
+// ---------------------------------------------------------------------------------------------
+
+fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn skopeo(args: &[&str]) {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(args);
+    let out = run_with_timeout(&mut cmd, TIMEOUT).expect("running skopeo");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}\n{}",
+        describe_output(&out)
+    );
+}
+
+#[test]
+fn oci_pull_through_skopeo_transports() {
+    if !have("skopeo") {
+        skip(
+            "pulls through skopeo's image proxy",
+            "skopeo (apt-get install skopeo)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layout, _) = vector_layout(dir.path(), Compress::Gzip(1));
+    let src = format!("oci:{}:t", layout.dir.display());
+    let archive = dir.path().join("image.tar");
+    let dirdest = dir.path().join("dirimage");
+    skopeo(&["copy", &src, &format!("oci-archive:{}", archive.display())]);
+    skopeo(&["copy", &src, &format!("dir:{}", dirdest.display())]);
+    let repo = init(dir.path(), "sha256");
+    for image in [
+        format!("oci-archive:{}", archive.display()),
+        format!("dir:{}", dirdest.display()),
+        src.clone(),
+    ] {
+        let out = ok(&repo, &["oci", "pull", &image, "x"]);
+        assert_eq!(
+            field(&out, "verity"),
+            testutil::VECTOR_ID_SHA256,
+            "{image}: {out}"
+        );
+    }
+    assert_fsck_clean(&repo);
+}
+
+/// A `docker-registry` serving on 127.0.0.1 from a temporary directory; stopped on drop.
+struct Registry {
+    child: Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let registry = Registry { child, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if registry.answers() {
+                return registry;
+            }
+            assert!(Instant::now() < deadline, "docker-registry did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn oci_pull_from_a_registry() {
+    if !have("skopeo") || !Path::new("/usr/bin/docker-registry").exists() {
+        skip(
+            "pull from a loopback registry",
+            "skopeo and docker-registry (apt-get install skopeo docker-registry)",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layout, _) = vector_layout(dir.path(), Compress::Zstd(2));
+    let registry = Registry::start(dir.path());
+    let remote = format!("docker://127.0.0.1:{}/cfs/vector:t", registry.port);
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:t", layout.dir.display()),
+        &remote,
+    ]);
+    let repo = init(dir.path(), "sha256");
+    let out = ok(&repo, &["oci", "pull", "--tls-verify=false", &remote]);
+    assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
+    assert!(out.contains("(2 fetched"), "{out}");
+    let again = ok(&repo, &["oci", "pull", "--tls-verify=false", &remote]);
+    assert!(again.contains("(0 fetched, 2 already present)"), "{again}");
+    // The same image from the layout directly lands on the same streams and id.
+    let local = ok(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            &format!("oci:{}:t", layout.dir.display()),
+            "local",
+        ],
+    );
+    assert_eq!(field(&local, "verity"), testutil::VECTOR_ID_SHA256);
+    // TLS verification is on by default: a plain-HTTP registry is refused.
+    fails(&repo, &["oci", "pull", &remote, "strict"]);
+    assert_fsck_clean(&repo);
+    drop(registry);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mounts
+// ---------------------------------------------------------------------------------------------
+
+fn check_mounted_vector(mnt: &Path) {
+    assert_eq!(
+        std::fs::read(mnt.join("usr/bin/hello")).expect("hello"),
+        b"#!/bin/sh\necho hello\n"
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("usr/bin/big2")).expect("big2"),
+        [b'A'; 100]
+    );
+    assert_eq!(
+        std::fs::read_link(mnt.join("usr/bin/sh")).expect("sh"),
+        PathBuf::from("hello")
+    );
+    assert_eq!(
+        std::fs::read(mnt.join("etc/hostname")).expect("hostname"),
+        b"box\n"
+    );
+    assert!(!mnt.join("etc/os-release").exists());
+    assert!(std::fs::read_dir(mnt.join("run"))
+        .expect("run")
+        .next()
+        .is_none());
+}
+
+#[test]
+fn mount_oci_image_kernel() {
+    if let Some(why) = root_unavailable("mounting").or_else(kernel_mount_unavailable) {
+        skip("oci mount (kernel)", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layout, _) = vector_layout(dir.path(), Compress::Gzip(1));
+    let repo = init(dir.path(), "sha256");
+    ok(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            &format!("oci:{}:t", layout.dir.display()),
+            "vec",
+        ],
+    );
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    ok(
+        &repo,
+        &["oci", "mount", "vec", mnt.to_str().expect("utf-8")],
+    );
+    let guard = common::MountGuard::adopt(&mnt);
+    check_mounted_vector(&mnt);
+    drop(guard);
+}
+
+#[test]
+fn fuse_oci_image_mount() {
+    if let Some(why) = root_unavailable("mounting FUSE") {
+        skip("oci mount --fuse", &why);
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        skip("oci mount --fuse", "/dev/fuse");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layout, _) = vector_layout(dir.path(), Compress::Zstd(1));
+    let repo = init(dir.path(), "sha512");
+    ok(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            &format!("oci:{}:t", layout.dir.display()),
+            "vec",
+        ],
+    );
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    ok(
+        &repo,
+        &[
+            "oci",
+            "mount",
+            "--fuse",
+            "vec",
+            mnt.to_str().expect("utf-8"),
+        ],
+    );
+    let guard = common::MountGuard::adopt(&mnt);
+    check_mounted_vector(&mnt);
+    drop(guard);
+}
