@@ -147,6 +147,7 @@ pub fn serve(
     mountpoint: &Path,
     opts: &FuseOptions,
 ) -> Result<FuseSession, FuseError> {
+    let started = Instant::now();
     let map = ImageMap::new(image).map_err(FuseError::MapImage)?;
     let root = validate(map.bytes())?;
 
@@ -227,7 +228,7 @@ pub fn serve(
         }
     }
     log::info!(
-        "serving at {} ({} worker thread(s){}{})",
+        "serving at {} ({} worker thread(s){}{}; ready in {:.2} ms)",
         session.mountpoint.display(),
         opts.worker_threads(),
         if opts.passthrough {
@@ -236,6 +237,7 @@ pub fn serve(
             ""
         },
         if opts.verify { "" } else { ", verify=off" },
+        started.elapsed().as_secs_f64() * 1e3,
     );
     Ok(session)
 }

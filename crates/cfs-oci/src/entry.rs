@@ -175,9 +175,8 @@ pub fn parse_entry<R: Read>(
         uid: to_u32("uid", header.uid().map_err(header_err)?)?,
         gid: to_u32("gid", header.gid().map_err(header_err)?)?,
         mtime: Mtime {
-            sec: i64::try_from(header.mtime().map_err(header_err)?).map_err(|_| {
-                EntryProblem::BadHeader("mtime out of range".into())
-            })?,
+            sec: i64::try_from(header.mtime().map_err(header_err)?)
+                .map_err(|_| EntryProblem::BadHeader("mtime out of range".into()))?,
             nsec: 0,
         },
         nlink: 0,
@@ -225,7 +224,10 @@ mod tests {
         assert_eq!(normalize_path(b"./").expect("root"), b"");
         assert_eq!(normalize_path(b"").expect("root"), b"");
         assert_eq!(normalize_path(b"a/./b").expect("ok"), b"a/b");
-        assert_eq!(normalize_path(b"/etc/passwd"), Err(EntryProblem::AbsolutePath));
+        assert_eq!(
+            normalize_path(b"/etc/passwd"),
+            Err(EntryProblem::AbsolutePath)
+        );
         assert_eq!(normalize_path(b"a/../../x"), Err(EntryProblem::DotDot));
         assert_eq!(normalize_path(b".."), Err(EntryProblem::DotDot));
         assert!(normalize_link_target(b"/usr/x").is_err());

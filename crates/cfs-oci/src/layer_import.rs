@@ -212,9 +212,7 @@ fn split_tar(
         None => "reading the tar".to_owned(),
     };
     {
-        let entries = archive
-            .entries()
-            .map_err(|e| layer_err(where_(&last), e))?;
+        let entries = archive.entries().map_err(|e| layer_err(where_(&last), e))?;
         for item in entries {
             let mut entry = item.map_err(|e| layer_err(where_(&last), e))?;
             let name = display_path(&entry);

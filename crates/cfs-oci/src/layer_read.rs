@@ -116,7 +116,10 @@ impl Seek for ChunkReader<'_> {
             SeekFrom::End(_) => None,
         }
         .ok_or_else(|| {
-            io::Error::new(io::ErrorKind::Unsupported, "layer streams only seek forward")
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "layer streams only seek forward",
+            )
         })?;
         while skip > 0 {
             let step = usize::try_from(skip).unwrap_or(usize::MAX);
@@ -141,12 +144,10 @@ pub fn for_each_entry(
     mut f: impl FnMut(LayerEntry, Content) -> Result<(), OciError>,
 ) -> Result<(), OciError> {
     let expect = Rc::new(RefCell::new(Expect::default()));
-    let chunks = stream
-        .chunks()
-        .map_err(|source| OciError::Corrupt {
-            what: format!("layer stream {layer}"),
-            reason: source.to_string(),
-        })?;
+    let chunks = stream.chunks().map_err(|source| OciError::Corrupt {
+        what: format!("layer stream {layer}"),
+        reason: source.to_string(),
+    })?;
     let reader = ChunkReader {
         chunks,
         buf: Vec::new(),

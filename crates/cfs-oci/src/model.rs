@@ -240,7 +240,9 @@ mod tests {
         assert_eq!(m.layers.len(), 1);
         let artifact = manifest.replace(media_type::OCI_CONFIG, "application/x-thing");
         assert!(Manifest::parse("m", artifact.as_bytes()).is_err());
-        let config = format!(r#"{{"architecture":"amd64","rootfs":{{"type":"layers","diff_ids":["{D}"]}}}}"#);
+        let config = format!(
+            r#"{{"architecture":"amd64","rootfs":{{"type":"layers","diff_ids":["{D}"]}}}}"#
+        );
         ImageConfig::parse("c", config.as_bytes(), 1).expect("config");
         assert!(ImageConfig::parse("c", config.as_bytes(), 2).is_err());
         assert!(ImageConfig::parse("c", b"{", 1).is_err());

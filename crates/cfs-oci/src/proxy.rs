@@ -171,8 +171,7 @@ async fn pump(
     tx: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
 ) {
     let proxy_err = |e: containers_image_proxy::Error| io::Error::other(format!("skopeo: {e}"));
-    let (mut reader, mut driver) = match opened.proxy.get_blob(&opened.image, &digest, size).await
-    {
+    let (mut reader, mut driver) = match opened.proxy.get_blob(&opened.image, &digest, size).await {
         Ok(x) => x,
         Err(e) => {
             let _ = tx.send(Err(proxy_err(e))).await;
@@ -243,7 +242,9 @@ impl ImageSource for SkopeoSource {
         let opened = Arc::clone(opened);
         let (digest, bytes) = runtime
             .block_on(async move { opened.proxy.fetch_manifest_raw_oci(&opened.image).await })
-            .map_err(|e| OciError::proxy(format!("fetching the manifest of {}", self.reference), e))?;
+            .map_err(|e| {
+                OciError::proxy(format!("fetching the manifest of {}", self.reference), e)
+            })?;
         let digest = digest.parse().map_err(|e| OciError::Invalid {
             what: format!("manifest of {}", self.reference),
             reason: format!("skopeo reported an unusable digest: {e}"),

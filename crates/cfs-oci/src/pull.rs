@@ -27,8 +27,7 @@ use crate::error::OciError;
 use crate::layer_import::{import_layer, ImportStats};
 use crate::model::{Descriptor, ImageConfig, Manifest};
 use crate::names::{
-    config_stream_id, layer_stream_id, manifest_stream_id, tag_ref, CONFIG_REF_PREFIX,
-    IMAGE_REF_V1,
+    config_stream_id, layer_stream_id, manifest_stream_id, tag_ref, CONFIG_REF_PREFIX, IMAGE_REF_V1,
 };
 use crate::source::ImageSource;
 use crate::store::{self, erofs_image, read_stream_content};
@@ -109,6 +108,9 @@ pub struct PullReport {
     /// The image was already complete in the repository: nothing was fetched or rebuilt.
     pub already_present: bool,
 }
+
+/// A fetched layer's counters and compressed size, or why it failed.
+type LayerResult = Result<(ImportStats, u64), OciError>;
 
 /// Counts a blob's bytes for progress and stops early when another layer failed.
 struct Counting<'a, R> {
@@ -220,7 +222,7 @@ pub fn pull(
 
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<(usize, Result<(ImportStats, u64), OciError>)>> = Mutex::new(Vec::new());
+    let results: Mutex<Vec<(usize, LayerResult)>> = Mutex::new(Vec::new());
     let jobs = opts.jobs.clamp(1, 16).min(todo.len());
     std::thread::scope(|s| {
         for _ in 0..jobs {

@@ -13,9 +13,7 @@
 //! - regular files up to 64 bytes are inline, larger ones refer to their object.
 
 use cfs_format::transform::{transform_for_oci, XattrPolicy};
-use cfs_format::tree::{
-    DirEntry, Inode, InodeId, InodeKind, Metadata, RegularFile, Tree,
-};
+use cfs_format::tree::{DirEntry, Inode, InodeId, InodeKind, Metadata, RegularFile, Tree};
 use cfs_format::Digest;
 
 use crate::entry::{EntryKind, LayerEntry};
@@ -76,14 +74,16 @@ impl RootfsBuilder {
         Ok(cur)
     }
 
+    /// The entries of `dir` (which [`directory`](Self::directory) resolved, so it is one).
     fn entries_mut(
         &mut self,
         dir: InodeId,
-    ) -> &mut std::collections::BTreeMap<Box<[u8]>, DirEntry> {
+    ) -> Result<&mut std::collections::BTreeMap<Box<[u8]>, DirEntry>, EntryProblem> {
         match &mut self.tree.inode_mut(dir).kind {
-            InodeKind::Directory(d) => &mut d.entries,
-            // `directory` only ever returns directories.
-            _ => unreachable!("resolved parent is a directory"),
+            InodeKind::Directory(d) => Ok(&mut d.entries),
+            _ => Err(EntryProblem::NotADirectory {
+                component: String::new(),
+            }),
         }
     }
 
@@ -131,11 +131,11 @@ impl RootfsBuilder {
         };
         let parent = self.directory(parents)?;
         if *name == OPAQUE {
-            self.entries_mut(parent).clear();
+            self.entries_mut(parent)?.clear();
             return Ok(());
         }
         if let Some(victim) = name.strip_prefix(WHITEOUT) {
-            self.entries_mut(parent).remove(victim);
+            self.entries_mut(parent)?.remove(victim);
             return Ok(());
         }
         Tree::check_name(name).map_err(|e| EntryProblem::InvalidName(e.to_string()))?;
@@ -144,7 +144,7 @@ impl RootfsBuilder {
             EntryKind::Hardlink(target) => {
                 let target_comps: Vec<&[u8]> = target.split(|&b| b == b'/').collect();
                 let inode = self.resolve_leaf(&target_comps, &target)?;
-                self.entries_mut(parent).insert(
+                self.entries_mut(parent)?.insert(
                     (*name).into(),
                     DirEntry {
                         inode,
@@ -182,7 +182,7 @@ impl RootfsBuilder {
             kind: new_kind,
             xattrs,
         });
-        self.entries_mut(parent).insert(
+        self.entries_mut(parent)?.insert(
             (*name).into(),
             DirEntry {
                 inode: id,
@@ -333,10 +333,7 @@ mod tests {
                 parent: "nope".into()
             })
         );
-        assert!(matches!(
-            apply(&mut b, e("etc/.wh.x", reg.clone())),
-            Ok(())
-        ));
+        assert!(matches!(apply(&mut b, e("etc/.wh.x", reg.clone())), Ok(())));
         assert!(matches!(
             apply(&mut b, e("link/.wh.passwd", reg)),
             Err(EntryProblem::ThroughSymlink { .. })

@@ -194,7 +194,8 @@ pub struct LayoutSource {
 }
 
 fn read_limited(path: &Path, what: &str) -> Result<Vec<u8>, OciError> {
-    let file = File::open(path).map_err(|e| OciError::io(format!("opening {what} {}", path.display()), e))?;
+    let file = File::open(path)
+        .map_err(|e| OciError::io(format!("opening {what} {}", path.display()), e))?;
     let mut out = Vec::new();
     file.take(JSON_LIMIT + 1)
         .read_to_end(&mut out)
@@ -379,7 +380,10 @@ mod tests {
         for (d, size) in [
             (good.clone(), 4),
             (good, 6),
-            (OciDigest::of(crate::digest::DigestAlgorithm::Sha256, b"x"), 5),
+            (
+                OciDigest::of(crate::digest::DigestAlgorithm::Sha256, b"x"),
+                5,
+            ),
         ] {
             let err = VerifyingReader::new(&data[..], &desc(d, size))
                 .read_to_end(&mut Vec::new())

@@ -143,8 +143,17 @@ pub fn open_manifest(
     })
 }
 
-/// Every tag, with the image it names (or why it cannot be opened), sorted by tag.
-pub fn list_images(repo: &Repository) -> Result<Vec<(String, Result<StoredImage, OciError>)>, OciError> {
+/// A tag and the image it names (or why that image cannot be opened).
+#[derive(Debug)]
+pub struct TaggedImage {
+    /// The tag.
+    pub tag: String,
+    /// The image.
+    pub image: Result<StoredImage, OciError>,
+}
+
+/// Every tag with its image, sorted by tag.
+pub fn list_images(repo: &Repository) -> Result<Vec<TaggedImage>, OciError> {
     let prefix = format!("refs/{TAG_DIR}/");
     let mut out = Vec::new();
     for info in repo.list_streams()? {
@@ -155,9 +164,9 @@ pub fn list_images(repo: &Repository) -> Result<Vec<(String, Result<StoredImage,
             continue;
         };
         let image = open_image(repo, &ImageName::Tag(tag.clone()));
-        out.push((tag, image));
+        out.push(TaggedImage { tag, image });
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by(|a, b| a.tag.cmp(&b.tag));
     Ok(out)
 }
 
@@ -186,7 +195,10 @@ pub fn untag(repo: &Repository, name: &str) -> Result<(), OciError> {
 }
 
 /// Open the stored layer `diff_id`.
-pub fn open_layer(repo: &Repository, diff_id: &OciDigest) -> Result<(SplitStream, Digest), OciError> {
+pub fn open_layer(
+    repo: &Repository,
+    diff_id: &OciDigest,
+) -> Result<(SplitStream, Digest), OciError> {
     let id = layer_stream_id(diff_id);
     match repo.open_stream(&id) {
         Ok(x) => Ok(x),
@@ -224,7 +236,11 @@ pub fn erofs_image(repo: &Repository, tree: &Tree) -> Result<(Vec<u8>, Digest), 
 
 /// The merged rootfs of a stored image.
 pub fn image_tree(repo: &Repository, image: &StoredImage) -> Result<Tree, OciError> {
-    build_rootfs(repo, &image.config.rootfs.diff_ids, XattrPolicy::AllowlistOnly)
+    build_rootfs(
+        repo,
+        &image.config.rootfs.diff_ids,
+        XattrPolicy::AllowlistOnly,
+    )
 }
 
 /// Write the dumpfile of the stored image's merged rootfs.
@@ -253,7 +269,11 @@ pub fn check_image(repo: &Repository, name: &ImageName) -> Result<Vec<String>, O
     let mut problems = Vec::new();
     for diff_id in &image.config.rootfs.diff_ids {
         let id = layer_stream_id(diff_id);
-        if image.config_stream.named_ref(&diff_id.to_string()).is_none() {
+        if image
+            .config_stream
+            .named_ref(&diff_id.to_string())
+            .is_none()
+        {
             problems.push(format!(
                 "config {} has no named reference to layer {diff_id}",
                 image.config_digest

@@ -75,7 +75,12 @@ impl Entry {
 
     /// A symlink.
     pub fn symlink(path: &str, target: &str, mtime: u64) -> Entry {
-        Entry::new(path, Kind::Symlink(target.as_bytes().to_vec()), 0o777, mtime)
+        Entry::new(
+            path,
+            Kind::Symlink(target.as_bytes().to_vec()),
+            0o777,
+            mtime,
+        )
     }
 
     /// A hardlink.
@@ -127,11 +132,7 @@ pub fn tar(entries: &[Entry]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
         if !e.pax.is_empty() {
-            let data: Vec<u8> = e
-                .pax
-                .iter()
-                .flat_map(|(k, v)| pax_record(k, v))
-                .collect();
+            let data: Vec<u8> = e.pax.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
             let mut h = tar::Header::new_ustar();
             h.set_entry_type(tar::EntryType::XHeader);
             set_raw_name(&mut h, b"PaxHeaders/entry");
@@ -327,7 +328,8 @@ impl Layout {
                 None => data,
             };
             let (d, size) = self.blob(&data);
-            descriptors.push(json!({"mediaType": media_type, "digest": d.to_string(), "size": size}));
+            descriptors
+                .push(json!({"mediaType": media_type, "digest": d.to_string(), "size": size}));
         }
         let diff_ids: Vec<String> = layers.iter().map(|l| l.diff_id().to_string()).collect();
         let config = serde_json::to_vec(&json!({
@@ -368,9 +370,14 @@ pub fn vector_layers() -> (Vec<u8>, Vec<u8>) {
         Entry::dir("usr/", 0o755, 1_700_000_000)
             .xattr("security.selinux", b"system_u:object_r:usr_t:s0"),
         Entry::dir("usr/bin/", 0o755, 1_700_000_001),
-        Entry::file("usr/bin/hello", 0o755, 1_700_000_002, b"#!/bin/sh\necho hello\n")
-            .pax("mtime", b"1700000002.5")
-            .xattr("security.capability", &[1, 0, 0, 2, 0, 0x20, 0, 0]),
+        Entry::file(
+            "usr/bin/hello",
+            0o755,
+            1_700_000_002,
+            b"#!/bin/sh\necho hello\n",
+        )
+        .pax("mtime", b"1700000002.5")
+        .xattr("security.capability", &[1, 0, 0, 2, 0, 0x20, 0, 0]),
         Entry::file("usr/bin/big", 0o644, 1_700_000_003, &[b'A'; 100]),
         Entry::hardlink("usr/bin/big2", "usr/bin/big"),
         Entry::symlink("usr/bin/sh", "hello", 1_700_000_004),
@@ -412,7 +419,11 @@ mod tests {
 
     #[test]
     fn pax_records_count_their_own_length() {
-        for (k, v) in [("a", &b"b"[..]), ("mtime", b"1700000002.5"), ("k", &[b'x'; 95][..])] {
+        for (k, v) in [
+            ("a", &b"b"[..]),
+            ("mtime", b"1700000002.5"),
+            ("k", &[b'x'; 95][..]),
+        ] {
             let r = pax_record(k, v);
             let text = String::from_utf8_lossy(&r);
             let (len, _) = text.split_once(' ').expect("space");

@@ -250,7 +250,7 @@ fn short(d: &OciDigest) -> String {
 impl cfs_oci::PullProgress for Bars {
     fn plan(&self, layers: &[cfs_oci::LayerPlan]) {
         let style = ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {msg}",
+            "{prefix} [{bar:20}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
         )
         .map(|s| s.progress_chars("=> "))
         .unwrap_or_else(|_| ProgressStyle::default_bar());
@@ -265,7 +265,7 @@ impl cfs_oci::PullProgress for Bars {
                 }
                 let pb = self.multi.add(ProgressBar::new(l.blob.size));
                 pb.set_style(style.clone());
-                pb.set_prefix(format!("layer {}", short(&l.diff_id)));
+                pb.set_prefix(short(&l.diff_id));
                 Some(pb)
             })
             .collect();
@@ -363,9 +363,9 @@ fn images(repo: &Repository, json: bool) -> Result<ExitCode> {
     if json {
         let items: Vec<serde_json::Value> = list
             .iter()
-            .map(|(tag, img)| match img {
+            .map(|t| match &t.image {
                 Ok(i) => serde_json::json!({
-                    "name": tag,
+                    "name": t.tag,
                     "manifest": i.manifest_digest.to_string(),
                     "config": i.config_digest.to_string(),
                     "architecture": i.config.architecture,
@@ -373,7 +373,7 @@ fn images(repo: &Repository, json: bool) -> Result<ExitCode> {
                     "layers": i.manifest.layers.len(),
                     "image_id": i.image_id.map(|d| d.to_hex()),
                 }),
-                Err(e) => serde_json::json!({ "name": tag, "error": e.to_string() }),
+                Err(e) => serde_json::json!({ "name": t.tag, "error": e.to_string() }),
             })
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&items)?)?;
@@ -383,8 +383,9 @@ fn images(repo: &Repository, json: bool) -> Result<ExitCode> {
             "{:<40} {:<19} {:<8} {:>6}  IMAGE",
             "NAME", "MANIFEST", "ARCH", "LAYERS"
         )?;
-        for (tag, img) in &list {
-            match img {
+        for t in &list {
+            let tag = &t.tag;
+            match &t.image {
                 Ok(i) => writeln!(
                     out,
                     "{tag:<40} {:<19} {:<8} {:>6}  {}",
@@ -554,7 +555,7 @@ fn fsck(repo: &Repository, image: Option<&str>) -> Result<ExitCode> {
         Some(text) => vec![image_name(text)?],
         None => store::list_images(repo)?
             .into_iter()
-            .map(|(tag, _)| ImageName::Tag(tag))
+            .map(|t| ImageName::Tag(t.tag))
             .collect(),
     };
     let mut out = std::io::stdout().lock();

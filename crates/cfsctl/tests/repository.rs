@@ -263,13 +263,34 @@ impl Repo {
     fn mount(&self, name: &str, mnt: &Path, extra: &[&OsStr]) -> MountGuard {
         let mut args: Vec<&OsStr> = vec![OsStr::new("mount"), OsStr::new(name), mnt.as_os_str()];
         args.extend_from_slice(extra);
-        run_ok(&mut self.cmd(args), TIMEOUT);
-        MountGuard::adopt(mnt)
+        mount_with(&mut self.cmd(args), mnt)
     }
 
     /// The `objects/` directory, canonical (as the kernel shows it).
     fn objects_dir(&self) -> PathBuf {
         fs::canonicalize(self.path.join("objects")).expect("canonicalize objects/")
+    }
+}
+
+/// Run a mount command that must succeed and leave a mount at `mnt`, which is guarded (also
+/// when the command fails after mounting).
+fn mount_with(cmd: &mut Command, mnt: &Path) -> MountGuard {
+    let shown = format!("{cmd:?}");
+    let out = run_with_timeout(cmd, TIMEOUT).unwrap_or_else(|e| panic!("running {shown}: {e}"));
+    let guard = mount_at(mnt).map(|_| MountGuard::adopt(mnt));
+    assert!(
+        out.status.success(),
+        "{shown} failed\n{}",
+        describe_output(&out)
+    );
+    guard.unwrap_or_else(|| panic!("{shown} succeeded but nothing is mounted at {mnt:?}"))
+}
+
+/// Nothing may be mounted at `mnt` (if something is, it is unmounted before the panic).
+fn assert_not_mounted(mnt: &Path) {
+    if let Some(info) = mount_at(mnt) {
+        let _guard = MountGuard::adopt(mnt);
+        panic!("{} was mounted: {info:?}", mnt.display());
     }
 }
 
@@ -340,16 +361,15 @@ fn created_image_mounts_identical_to_the_source() {
     match SbinHelper::install(Path::new(CFSCTL)) {
         Err(reason) => skip("mount -t composefs of a repository image", &reason),
         Ok(helper) => {
-            run_ok(
+            let guard = mount_with(
                 Command::new("mount")
                     .args(["-t", "composefs"])
                     .arg(repo.path.join("images").join(&id))
                     .arg(&mnt)
                     .arg("-o")
                     .arg(format!("basedir={}", repo.path.join("objects").display())),
-                TIMEOUT,
+                &mnt,
             );
-            let guard = MountGuard::adopt(&mnt);
             check_overlay(&mnt, &source, &objects, true);
             assert_trees_equal(&src, &mnt, &opts);
             umount(guard);
@@ -404,8 +424,9 @@ fn own_content(own: &str, i: usize, len: usize) -> Vec<u8> {
 }
 
 /// A small tree with `/usr` (so the default transform applies): four files shared by every
-/// tree (`shared/s0`…`s3`), two external files and one inline file of its own, a `user.` and a
-/// `security.` xattr, and a root whose metadata differs from `/usr`'s.
+/// tree (`shared/s0`…`s3`), two external files and one inline file of its own, a `user.` xattr
+/// (which the default transform drops) and a root whose metadata differs from `/usr`'s. Needs
+/// no privileges.
 fn build_small_tree(root: &Path, own: &str) {
     let mut t = TreeBuilder::new(root);
     let m = |n: i64| (1_600_000_000 + n, n * 1000 + 7);
@@ -420,7 +441,6 @@ fn build_small_tree(root: &Path, own: &str) {
     }
     let data = t.file_with(format!("{own}-data"), &own_content(own, 1, 3000), 0o600);
     set_xattr(&data, "user.note", own.as_bytes());
-    set_xattr(&data, "security.test", b"label");
     t.mtime(&data, m(6));
     let small = t.file_with(format!("{own}-small"), &own_content(own, 2, 20), 0o644);
     t.mtime(&small, m(7));
@@ -698,10 +718,10 @@ fn gc_removes_exactly_the_unreachable() {
 fn gc_racing_create_image_loses_nothing() {
     let tmp = tempdir("gc-race");
     let (t_src, g_src) = (tmp.path().join("t"), tmp.path().join("g"));
-    generate_bulk_tree(&t_src, 3000, 1);
+    generate_bulk_tree(&t_src, 5000, 1);
     // The garbage shares its even-numbered files with the new tree: a GC that ran between the
     // writer's "already present" check and its image would delete objects the image needs.
-    generate_bulk_tree(&g_src, 1500, 2);
+    generate_bulk_tree(&g_src, 2500, 2);
     let repo = Repo::init(tmp.path().join("repo"));
     repo.create_image(&g_src, Some("g"), Transform::AsIs);
     let g_objects = repo.image_objects("g");
@@ -815,7 +835,7 @@ fn build_corruption_tree(root: &Path) {
     t.finish();
 }
 
-/// The `kind`s in fsck's JSON errors, and the error of `kind`.
+/// The error of `kind` among fsck's JSON errors.
 fn json_error<'a>(errors: &'a [serde_json::Value], kind: &str) -> &'a serde_json::Value {
     errors
         .iter()
@@ -967,9 +987,7 @@ fn bad_arguments_fail_clearly_and_mount_nothing() {
     let repo = Repo::init(tmp.path().join("repo"));
     repo.create_image(&src, Some("img"), Transform::AsIs);
     let mnt = mkdir(tmp.path().join("mnt"));
-    let not_mounted = || {
-        assert!(mount_at(&mnt).is_none(), "{} was mounted", mnt.display());
-    };
+    let not_mounted = || assert_not_mounted(&mnt);
     let mnt_arg = mnt.as_os_str();
 
     // A missing repository.
@@ -1058,6 +1076,7 @@ fn bad_arguments_fail_clearly_and_mount_nothing() {
         )),
         "{err}"
     );
+    assert_not_mounted(&file);
     let absent = tmp.path().join("absent");
     let err = repo.fails([OsStr::new("mount"), OsStr::new("img"), absent.as_os_str()]);
     assert!(

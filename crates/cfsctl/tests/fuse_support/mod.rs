@@ -61,7 +61,10 @@ pub fn fuse_available(what: &str) -> bool {
         return false;
     }
     if !Path::new("/dev/fuse").exists() {
-        skip(what, "/dev/fuse is missing (no FUSE support in this kernel or container)");
+        skip(
+            what,
+            "/dev/fuse is missing (no FUSE support in this kernel or container)",
+        );
         return false;
     }
     true
@@ -118,6 +121,17 @@ pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
             fs::File::open(&path)?.read_to_end(&mut v)?;
             Ok(v)
         },
+    )
+}
+
+/// [`content_difference`](crate::common::content_difference) of two files (`None`: the same
+/// bytes), with [`WALK_TIMEOUT`].
+pub fn content_diff(expected: &Path, actual: &Path) -> Option<String> {
+    let (expected, actual) = (expected.to_owned(), actual.to_owned());
+    with_timeout(
+        &format!("comparing {} with {}", actual.display(), expected.display()),
+        WALK_TIMEOUT,
+        move || crate::common::content_difference(&expected, &actual),
     )
 }
 
@@ -415,7 +429,11 @@ fn daemon_pids(mnt: &Path) -> Vec<u32> {
         return pids;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else {
@@ -508,7 +526,11 @@ impl BackgroundMount {
             }
             self.pid = None;
         }
-        assert!(mount_at(&self.mnt).is_none(), "{:?} still mounted", self.mnt);
+        assert!(
+            mount_at(&self.mnt).is_none(),
+            "{:?} still mounted",
+            self.mnt
+        );
     }
 }
 
