@@ -459,3 +459,23 @@ fn interrupted_pull_leaves_garbage_only_and_resumes() {
     assert_eq!(report.layers_fetched, 1);
     assert_eq!(report.image_id.to_hex(), testutil::VECTOR_ID_SHA256);
 }
+
+#[test]
+fn diff_id_mismatch_names_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::create(&dir.path().join("oci"));
+    let mut wrong = with(base(), vec![Entry::file("etc/f", 0o644, 1, &[1u8; 1000])]);
+    let claimed = OciDigest::of(DigestAlgorithm::Sha256, b"something else");
+    wrong.diff_id = Some(claimed.clone());
+    layout.add_image("t", &[wrong]);
+    let repo = repo(dir.path(), Algorithm::Sha256);
+    let err = pull_tag(&repo, &layout, "t").expect_err("mismatch");
+    assert!(matches!(err, OciError::DiffIdMismatch { .. }), "{err}");
+    assert_eq!(
+        repo.has_stream(&crate::names::layer_stream_id(&claimed))
+            .expect("has"),
+        None
+    );
+    assert!(repo.list_streams().expect("list").is_empty());
+    assert!(repo.list_images().expect("list").is_empty());
+}

@@ -86,7 +86,7 @@ pub fn run_tool(tool: Tool, args: Vec<OsString>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("{}: {err:#}", tool.name());
+            eprintln!("{}: {}", tool.name(), error_chain(&err));
             ExitCode::FAILURE
         }
     }
@@ -94,4 +94,38 @@ pub fn run_tool(tool: Tool, args: Vec<OsString>) -> ExitCode {
 
 fn cfsctl_main(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
     cli::main(args)
+}
+
+/// The error and its causes joined with `: `, leaving out a cause whose text the previous
+/// message already includes (library errors often embed their source in their own message).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !previous.is_empty() && previous.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_drops_repeated_causes() {
+        let inner = std::io::Error::other("bad inode 36");
+        let err = anyhow::Error::new(inner)
+            .context("invalid image: bad inode 36")
+            .context("serving x");
+        assert_eq!(
+            super::error_chain(&err),
+            "serving x: invalid image: bad inode 36"
+        );
+    }
 }

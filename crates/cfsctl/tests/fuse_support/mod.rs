@@ -467,6 +467,12 @@ impl BackgroundMount {
     /// FUSE mount at `mnt` served by one background process.
     pub fn mount(repo: &Path, name: &str, fuse_arg: &str, mnt: &Path) -> BackgroundMount {
         let mnt = mnt.canonicalize().expect("canonical mount point");
+        // The guard exists before the command runs: whatever happens next (a timeout
+        // included), the mount and its server are cleaned up.
+        let mut guard = BackgroundMount {
+            mnt: mnt.clone(),
+            pid: None,
+        };
         let out = crate::common::run_with_timeout(
             cfsctl()
                 .arg("--repo")
@@ -478,11 +484,6 @@ impl BackgroundMount {
             READY_TIMEOUT * 2,
         )
         .expect("run cfsctl mount --fuse");
-        // From here on the guard cleans up, whatever the assertions below say.
-        let mut guard = BackgroundMount {
-            mnt: mnt.clone(),
-            pid: None,
-        };
         assert!(
             out.status.success(),
             "cfsctl mount {fuse_arg} failed:\n{}",
@@ -539,13 +540,15 @@ impl Drop for BackgroundMount {
         if mount_at(&self.mnt).is_some_and(|m| m.fstype == "fuse") {
             let _ = rustix::mount::unmount(&self.mnt, UnmountFlags::DETACH);
         }
-        let Some(pid) = self.pid else { return };
+        let mut pids = daemon_pids(&self.mnt);
+        pids.extend(self.pid.filter(|p| !pids.contains(p)));
         let start = Instant::now();
-        while process_exists(pid) && start.elapsed() < Duration::from_secs(5) {
+        while pids.iter().any(|&p| process_exists(p)) && start.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        // Still there: kill it, by its id, and only if it is still our server.
-        if daemon_pids(&self.mnt).contains(&pid) {
+        // Still there: kill them, by id, and only if they still are servers of this mount.
+        let left = daemon_pids(&self.mnt);
+        for pid in pids.into_iter().filter(|p| left.contains(p)) {
             if let Some(pid) = Pid::from_raw(pid as i32) {
                 let _ = kill_process(pid, Signal::KILL);
             }
