@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# OCI pull benchmark (issue: OCI): wall time and peak RSS of `cfsctl oci pull docker://…` of a
+# real root filesystem served by a local docker-registry, against `skopeo copy docker://… oci:DIR`
+# of the same image, in one run. The rootfs is a Debian bookworm minbase made with debootstrap
+# (cached in /var/tmp/cfs-bench-minbase), packed as one gzip layer by umoci.
+# Usage: bench/oci.sh [RUNS]     (default 5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-5}
+scripts/install-deps.sh
+command -v debootstrap >/dev/null || { apt-get install -y -qq debootstrap >/dev/null; }
+cargo build --release --quiet -p cfsctl
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release
+work=$(mktemp -d /var/tmp/cfs-oci-bench.XXXXXX)
+registry_pid=
+cleanup() {
+    [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+rootfs=/var/tmp/cfs-bench-minbase
+if [[ ! -x $rootfs/bin/sh ]]; then
+    # The machine's own Debian mirror (the only archive reachable here).
+    mirror=$(grep -h '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 | awk '{print $2}' || true)
+    [[ -n $mirror ]] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list)
+    rm -rf "$rootfs.tmp"
+    debootstrap --variant=minbase bookworm "$rootfs.tmp" "$mirror" >/dev/null
+    mv "$rootfs.tmp" "$rootfs"
+fi
+
+# Pack the rootfs as an OCI image (one gzip layer) and push it to a loopback registry.
+umoci init --layout "$work/layout" >/dev/null
+umoci new --image "$work/layout:deb" >/dev/null
+umoci unpack --image "$work/layout:deb" "$work/bundle" >/dev/null
+cp -a "$rootfs/." "$work/bundle/rootfs/"
+umoci repack --image "$work/layout:deb" "$work/bundle" >/dev/null
+rm -rf "$work/bundle"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$work/registry.yml" <<YML
+version: 0.1
+storage:
+  filesystem:
+    rootdirectory: $work/registry-data
+http:
+  addr: 127.0.0.1:$port
+YML
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+skopeo copy --dest-tls-verify=false "oci:$work/layout:deb" "docker://127.0.0.1:$port/deb:1" >/dev/null
+ref="docker://127.0.0.1:$port/deb:1"
+layer_bytes=$(du -sb "$work/layout/blobs" | cut -f1)
+
+measure() { # label, command...
+    local label=$1; shift
+    sync
+    echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    /usr/bin/time -f "$label %e %M" -a -o "$work/times" "$@" >/dev/null 2>&1
+}
+for _ in $(seq "$runs"); do
+    rm -rf "$work/repo" "$work/oci-out"
+    "$bin/cfsctl" --repo "$work/repo" init --insecure >/dev/null
+    measure cfs "$bin/cfsctl" --repo "$work/repo" oci pull --tls-verify=false "$ref" deb
+    measure skopeo skopeo copy --src-tls-verify=false "$ref" "oci:$work/oci-out:deb"
+done
+entries=$(find "$rootfs" -xdev | wc -l)
+python3 - "$work/times" "$runs" "$entries" "$layer_bytes" "$(du -sb "$rootfs" | cut -f1)" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    label, secs, kib = line.split()
+    rows.setdefault(label, []).append((float(secs), int(kib)))
+runs, entries, blobs, size = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+print("## OCI pull")
+print()
+print(f"Reproduce with `bench/oci.sh {runs}`. Image: Debian bookworm minbase ({entries} entries, "
+      f"{size / 1e6:.0f} MB unpacked, {blobs / 1e6:.0f} MB of blobs, one gzip layer), served by "
+      "docker-registry on 127.0.0.1; cold page cache before every run.")
+print()
+print("| tool | median s | min s | max s | peak RSS (median) |")
+print("|---|---|---|---|---|")
+med = {}
+for label, name in (("skopeo", "`skopeo copy docker://… oci:DIR`"), ("cfs", "`cfsctl oci pull docker://…`")):
+    v = rows[label]
+    secs = [s for s, _ in v]
+    med[label] = statistics.median(secs)
+    print(f"| {name} | {med[label]:.2f} | {min(secs):.2f} | {max(secs):.2f} | {statistics.median(k for _, k in v) / 1024:.0f} MiB |")
+print()
+print(f"cfs takes **{med['cfs'] / med['skopeo']:.2f}×** skopeo's time (target ≤ 1.5×) while also "
+      "decompressing, hashing every file, splitting the layer into objects and building the EROFS image.")
+print()
+PY
