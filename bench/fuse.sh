@@ -100,8 +100,8 @@ stop_cfg() {
 
 # Drop every cache (page cache, dentries, inodes), then re-read the tools the workloads run so
 # that only the filesystem under test is cold.
+# (Everything this script wrote was synced after setup, so no `sync` is needed here.)
 drop_caches() {
-    sync
     echo 3 >/proc/sys/vm/drop_caches
     cat /usr/bin/find /usr/bin/tar /usr/bin/cat /usr/bin/dd /bin/sh >/dev/null
 }
@@ -266,7 +266,7 @@ bench() {
     stop_cfg "$t"
 }
 median() {
-    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print(f"{r["median"]:.3f} s")' "$1"
+    python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["results"][0]; print("%.3f s" % r["median"])' "$1"
 }
 
 # Request counters of a cold walk, then a warm one (SIGUSR1 in between; the exit report ends
@@ -291,6 +291,7 @@ counted_run() {
 }
 
 fuse_cfgs=(fuse-1 fuse-N fuse-1-pt fuse-N-pt)
+sync
 progress "timing: $runs warm and $cold_runs cold runs per case"
 for cfg in kernel "${fuse_cfgs[@]}" squashfuse_ll; do
     bench syn "$cfg" find tar seq
@@ -461,7 +462,7 @@ print("- Configurations: **kernel** = `cfsctl mount` (EROFS + overlayfs, insecur
       f"**{N} passthrough verify=on** is the default verification (each object hashed on its first "
       "open per mount); **squashfuse_ll** 0.1.105 on an uncompressed squashfs "
       "(`mksquashfs -noI -noD -noF -noX`).")
-print(f"- Cold: unmount, `sync; echo 3 > /proc/sys/vm/drop_caches`, mount again before every run "
+print(f"- Cold: unmount, `echo 3 > /proc/sys/vm/drop_caches`, mount again before every run "
       f"({cold_runs} runs). Warm: the same mount after one warm-up run ({runs} runs). Times are "
       "hyperfine's median with min–max; × kernel is the ratio of medians to the kernel mount "
       "(lower is better; for throughput, higher is better).")

@@ -9,8 +9,13 @@ cd "$(dirname "$0")/.."
 runs=${1:-5}
 scripts/install-deps.sh
 command -v debootstrap >/dev/null || { apt-get install -y -qq debootstrap >/dev/null; }
-cargo build --release --quiet -p cfsctl
-bin=${CARGO_TARGET_DIR:-$PWD/target}/release
+# CFS_BIN=DIR uses already-built binaries (e.g. while another benchmark holds the target dir).
+if [[ -n ${CFS_BIN:-} ]]; then
+    bin=$CFS_BIN
+else
+    cargo build --release --quiet -p cfsctl
+    bin=${CARGO_TARGET_DIR:-$PWD/target}/release
+fi
 work=$(mktemp -d /var/tmp/cfs-oci-bench.XXXXXX)
 registry_pid=
 cleanup() {
@@ -55,7 +60,7 @@ layer_bytes=$(du -sb "$work/layout/blobs" | cut -f1)
 measure() { # label, command...
     local label=$1; shift
     sync
-    echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    [[ -n ${CFS_WARM:-} ]] || echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
     /usr/bin/time -f "$label %e %M" -a -o "$work/times" "$@" >/dev/null 2>&1
 }
 for _ in $(seq "$runs"); do
@@ -66,7 +71,8 @@ for _ in $(seq "$runs"); do
 done
 entries=$(find "$rootfs" -xdev | wc -l)
 python3 - "$work/times" "$runs" "$entries" "$layer_bytes" "$(du -sb "$rootfs" | cut -f1)" <<'PY'
-import statistics, sys
+import os, statistics, sys
+cache = "page cache kept warm (CFS_WARM)" if os.environ.get("CFS_WARM") else "cold page cache before every run"
 rows = {}
 for line in open(sys.argv[1]):
     label, secs, kib = line.split()
@@ -76,7 +82,7 @@ print("## OCI pull")
 print()
 print(f"Reproduce with `bench/oci.sh {runs}`. Image: Debian bookworm minbase ({entries} entries, "
       f"{size / 1e6:.0f} MB unpacked, {blobs / 1e6:.0f} MB of blobs, one gzip layer), served by "
-      "docker-registry on 127.0.0.1; cold page cache before every run.")
+      f"docker-registry on 127.0.0.1; {cache}.")
 print()
 print("| tool | median s | min s | max s | peak RSS (median) |")
 print("|---|---|---|---|---|")
