@@ -1,47 +1,151 @@
 #!/usr/bin/env bash
-# The main job on a built-in example: build cfsctl, make a small tree with every file type, turn
-# it into a composefs image plus an object store, list and dump it, and mount it through the
-# kernel (EROFS + overlayfs) when run as root.
+# The main job on a built-in example, with no network beyond the package registries:
+#   1. install the Debian packages it needs and build cfsctl (release);
+#   2. build a small two-layer OCI image from a built-in tree with umoci (layer 2 adds a file
+#      and deletes one, i.e. holds a whiteout);
+#   3. start a local registry (docker-registry on 127.0.0.1, a free port, storage in a temporary
+#      directory) and push the image to it with skopeo;
+#   4. pull it into a new composefs repository with `cfsctl oci pull docker://…`;
+#   5. mount it with `cfsctl oci mount --fuse`, show a listing and a file;
+#   6. clean up: unmount, stop the registry, remove the temporary files, also on failure or ^C.
+# Run it as root (the FUSE mount needs it). Without root it stops after the pull and prints the
+# image's dumpfile instead of mounting it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "install the packages (scripts/install-deps.sh) and build cfsctl"
 scripts/install-deps.sh
-cargo build --release --quiet
-bin=$PWD/target/release
-work=$(mktemp -d)
-mnt_erofs=$work/erofs mnt=$work/mnt
+cargo build --release --quiet -p cfsctl
+cfsctl=${CARGO_TARGET_DIR:-$PWD/target}/release/cfsctl
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/cfs-demo.XXXXXX")
+mnt=$work/mnt
+registry_pid=
 cleanup() {
-    umount "$mnt" 2>/dev/null || true
-    umount "$mnt_erofs" 2>/dev/null || true
+    local status=$?
+    trap - EXIT INT TERM
+    if mountpoint -q "$mnt" 2>/dev/null; then
+        umount "$mnt" 2>/dev/null || umount -l "$mnt" || true
+    fi
+    if [[ -n $registry_pid ]]; then
+        kill "$registry_pid" 2>/dev/null || true
+        wait "$registry_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
+    exit "$status"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
-src=$work/src
-mkdir -p "$src/etc" "$src/usr/bin"
-echo "hello from composefs" > "$src/etc/motd"
-head -c 100000 /dev/urandom > "$src/usr/bin/tool"
-ln -s ../usr/bin/tool "$src/etc/tool-link"
-ln "$src/etc/motd" "$src/etc/motd.hardlink"
-mkfifo "$src/fifo"
-setfattr -n user.example -v demo "$src/etc/motd" 2>/dev/null || true
+root=false
+[[ $(id -u) -eq 0 ]] && root=true
+umoci_mode=()
+$root || umoci_mode=(--rootless)
 
-echo "== mkcomposefs --hardlinks --digest-store"
-"$bin/mkcomposefs" --hardlinks --digest-store="$work/objects" --print-digest "$src" "$work/demo.img"
-echo "== composefs-info ls"
-"$bin/composefs-info" ls "$work/demo.img"
-echo "== composefs-info dump"
-"$bin/composefs-info" dump "$work/demo.img"
-echo "== composefs-info objects"
-"$bin/composefs-info" objects "$work/demo.img"
+# ---- 2. the sample image ------------------------------------------------------------------------
+step "build the sample image from the built-in tree (umoci)"
+layout=$work/layout
+bundle=$work/bundle
+umoci init --layout "$layout"
+umoci new --image "$layout:demo"
+umoci unpack "${umoci_mode[@]}" --image "$layout:demo" "$bundle" >/dev/null
+tree=$bundle/rootfs
+mkdir -p "$tree/usr/bin" "$tree/usr/share/doc" "$tree/etc" "$tree/run"
+cat >"$tree/usr/bin/hello" <<'EOF'
+#!/bin/sh
+# Larger than 64 bytes, so composefs stores it as an object rather than inline.
+echo "hello from a composefs image"
+EOF
+chmod 0755 "$tree/usr/bin/hello"
+ln "$tree/usr/bin/hello" "$tree/usr/bin/hello-again"      # a hardlink
+ln -s hello "$tree/usr/bin/hi"                            # a symlink
+printf 'short\n' >"$tree/usr/share/doc/inline"            # 6 bytes: kept inline in the image
+cat >"$tree/etc/os-release" <<'EOF'
+ID=cfs-demo
+PRETTY_NAME="cfs demo image"
+EOF
+printf 'removed again by layer 2\n' >"$tree/etc/obsolete"
+umoci repack --refresh-bundle --history.created_by "demo: base tree" \
+    --image "$layout:demo" "$bundle"
+# Layer 2: one new file, one file deleted (stored as a whiteout, etc/.wh.obsolete).
+printf 'Pulled from a local registry, served by cfsctl over FUSE.\n' >"$tree/etc/motd"
+rm "$tree/etc/obsolete"
+umoci repack --history.created_by "demo: motd" --image "$layout:demo" "$bundle"
+umoci config --image "$layout:demo" --config.cmd /usr/bin/hello
+umoci gc --layout "$layout"
+echo "OCI layout $layout, tag demo"
 
-if [[ $(id -u) -eq 0 ]]; then
-    echo "== kernel mount (EROFS + overlayfs)"
-    mkdir -p "$mnt_erofs" "$mnt"
-    mount -t erofs -o ro "$work/demo.img" "$mnt_erofs"
-    mount -t overlay overlay -o "ro,lowerdir+=$mnt_erofs,datadir+=$work/objects,metacopy=on,redirect_dir=on,verity=off" "$mnt"
-    ls -la "$mnt" "$mnt/etc"
-    cat "$mnt/etc/motd"
-    cmp "$mnt/usr/bin/tool" "$src/usr/bin/tool" && echo "usr/bin/tool: content matches the source"
-else
-    echo "(not root: skipping the kernel mount)"
+# ---- 3. the registry ------------------------------------------------------------------------------
+step "start a local registry (docker-registry on 127.0.0.1)"
+registry_answers() { # PORT: GET /v2/ gives 200 from a registry
+    local reply
+    reply=$(timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"
+        printf "GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" >&3
+        cat <&3' _ "$1" 2>/dev/null) || return 1
+    [[ $reply == "HTTP/1."?" 200"* && ${reply,,} == *"docker-distribution-api-version: registry/2.0"* ]]
+}
+port_in_use() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null; }
+for _ in 1 2 3 4 5; do
+    port=$((20000 + RANDOM % 40000))
+    port_in_use "$port" && continue
+    cat >"$work/registry.yml" <<EOF
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $work/registry-data
+http:
+  addr: 127.0.0.1:$port
+EOF
+    docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+    registry_pid=$!
+    for _ in $(seq 100); do # up to 10 s
+        registry_answers "$port" && break 2
+        kill -0 "$registry_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+    registry_pid=
+done
+if [[ -z $registry_pid ]]; then
+    echo "demo: docker-registry did not start; its last log:" >&2
+    cat "$work/registry.log" >&2
+    exit 1
 fi
+image=docker://127.0.0.1:$port/cfs/demo:latest
+echo "registry pid $registry_pid on 127.0.0.1:$port"
+
+step "push the image with skopeo"
+skopeo copy --quiet --dest-tls-verify=false "oci:$layout:demo" "$image"
+echo "pushed $image"
+
+# ---- 4. the pull ----------------------------------------------------------------------------------
+repo=$work/repo
+step "cfsctl oci pull $image"
+"$cfsctl" --repo "$repo" init --insecure
+"$cfsctl" --repo "$repo" oci pull --tls-verify=false "$image" demo
+step "cfsctl oci images"
+"$cfsctl" --repo "$repo" oci images
+
+# ---- 5. the mount ---------------------------------------------------------------------------------
+if ! $root; then
+    step "not root: no FUSE mount; the image's dumpfile instead (cfsctl oci dump demo)"
+    "$cfsctl" --repo "$repo" oci dump demo
+    exit 0
+fi
+step "cfsctl oci mount --fuse demo $mnt"
+mkdir "$mnt"
+"$cfsctl" --repo "$repo" oci mount --fuse demo "$mnt"
+step "ls -la (inode numbers first: hello and hello-again are one file)"
+ls -lai "$mnt" "$mnt/etc" "$mnt/usr/bin"
+step "cat etc/os-release etc/motd"
+cat "$mnt/etc/os-release" "$mnt/etc/motd"
+step "usr/bin/hello, read through the mount"
+cat "$mnt/usr/bin/hello"
+step "clean up"
+umount "$mnt"
+echo "unmounted; the registry and $work go on exit"

@@ -56,8 +56,13 @@ pub fn display_path<R: Read>(entry: &tar::Entry<'_, R>) -> String {
 }
 
 /// Normalise a path from a tar header: refuse absolute paths, `..` and NUL; drop `.` and empty
-/// components. `Ok(empty)` is the root.
+/// components. `Ok(empty)` is the root: `./`, and also `/` alone (the root entry
+/// `umoci insert … /` writes; composefs-rs takes it as the root too), which names nothing
+/// outside the layer.
 pub fn normalize_path(raw: &[u8]) -> Result<Vec<u8>, EntryProblem> {
+    if raw.split(|&b| b == b'/').all(|c| c.is_empty() || c == b".") {
+        return Ok(Vec::new());
+    }
     if raw.first() == Some(&b'/') {
         return Err(EntryProblem::AbsolutePath);
     }
@@ -224,14 +229,18 @@ mod tests {
         assert_eq!(normalize_path(b"./").expect("root"), b"");
         assert_eq!(normalize_path(b"").expect("root"), b"");
         assert_eq!(normalize_path(b"a/./b").expect("ok"), b"a/b");
+        assert_eq!(normalize_path(b"/").expect("root"), b"");
+        assert_eq!(normalize_path(b"/./").expect("root"), b"");
         assert_eq!(
             normalize_path(b"/etc/passwd"),
             Err(EntryProblem::AbsolutePath)
         );
+        assert_eq!(normalize_path(b"/./etc"), Err(EntryProblem::AbsolutePath));
         assert_eq!(normalize_path(b"a/../../x"), Err(EntryProblem::DotDot));
         assert_eq!(normalize_path(b".."), Err(EntryProblem::DotDot));
         assert!(normalize_link_target(b"/usr/x").is_err());
         assert!(normalize_link_target(b"./").is_err());
+        assert!(normalize_link_target(b"/").is_err());
         assert_eq!(normalize_link_target(b"./a/b").expect("ok"), b"a/b");
     }
 

@@ -51,7 +51,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(path: &str, kind: Kind, mode: u32, mtime: u64) -> Entry {
+    /// An entry of any kind (owner 0:0, no PAX records).
+    pub fn new(path: &str, kind: Kind, mode: u32, mtime: u64) -> Entry {
         Entry {
             path: path.as_bytes().to_vec(),
             kind,
@@ -127,12 +128,33 @@ fn set_raw_name(header: &mut tar::Header, name: &[u8]) {
     field[..n].copy_from_slice(&name[..n]);
 }
 
-/// Build an uncompressed tar from `entries` (ustar headers, PAX records as `x` entries).
+/// The longest path or link target a ustar header holds without a PAX record.
+const USTAR_NAME_MAX: usize = 100;
+
+/// The entry's PAX records, plus `path` / `linkpath` records for a path or link target too long
+/// for the ustar header (unless the entry sets them itself).
+fn pax_records(e: &Entry) -> Vec<(String, Vec<u8>)> {
+    let mut records = e.pax.clone();
+    let has = |records: &[(String, Vec<u8>)], key: &str| records.iter().any(|(k, _)| k == key);
+    if e.path.len() > USTAR_NAME_MAX && !has(&records, "path") {
+        records.push(("path".to_owned(), e.path.clone()));
+    }
+    if let Kind::Symlink(t) | Kind::Hardlink(t) = &e.kind {
+        if t.len() > USTAR_NAME_MAX && !has(&records, "linkpath") {
+            records.push(("linkpath".to_owned(), t.clone()));
+        }
+    }
+    records
+}
+
+/// Build an uncompressed tar from `entries` (ustar headers, PAX records as `x` entries; paths
+/// and link targets over 100 bytes go in PAX `path` / `linkpath` records).
 pub fn tar(entries: &[Entry]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for e in entries {
-        if !e.pax.is_empty() {
-            let data: Vec<u8> = e.pax.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+        let pax = pax_records(e);
+        if !pax.is_empty() {
+            let data: Vec<u8> = pax.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
             let mut h = tar::Header::new_ustar();
             h.set_entry_type(tar::EntryType::XHeader);
             set_raw_name(&mut h, b"PaxHeaders/entry");
@@ -158,12 +180,14 @@ pub fn tar(entries: &[Entry]) -> Vec<u8> {
             }
             Kind::Symlink(t) => {
                 h.set_entry_type(tar::EntryType::Symlink);
-                h.set_link_name_literal(t).expect("link name");
+                h.set_link_name_literal(&t[..t.len().min(USTAR_NAME_MAX)])
+                    .expect("link name");
                 &[]
             }
             Kind::Hardlink(t) => {
                 h.set_entry_type(tar::EntryType::Link);
-                h.set_link_name_literal(t).expect("link name");
+                h.set_link_name_literal(&t[..t.len().min(USTAR_NAME_MAX)])
+                    .expect("link name");
                 &[]
             }
             Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
@@ -429,5 +453,37 @@ mod tests {
             let (len, _) = text.split_once(' ').expect("space");
             assert_eq!(len.parse::<usize>().expect("len"), r.len(), "{text:?}");
         }
+    }
+
+    #[test]
+    fn long_paths_and_link_targets_go_in_pax_records() {
+        let long_dir = format!("{}/{}", "d".repeat(200), "e".repeat(255));
+        let file = format!("{long_dir}/file");
+        let data = tar(&[
+            Entry::file(&file, 0o644, 1, b"x"),
+            Entry::hardlink("h", &file),
+            Entry::symlink("s", &file, 1),
+            Entry::file("short", 0o644, 1, b"y"),
+        ]);
+        let mut archive = tar::Archive::new(&data[..]);
+        let got: Vec<(Vec<u8>, Option<Vec<u8>>)> = archive
+            .entries()
+            .expect("entries")
+            .map(|e| {
+                let e = e.expect("entry");
+                let link = e.link_name_bytes().map(|l| l.into_owned());
+                (e.path_bytes().into_owned(), link)
+            })
+            .collect();
+        let f = file.as_bytes().to_vec();
+        assert_eq!(
+            got,
+            [
+                (f.clone(), None),
+                (b"h".to_vec(), Some(f.clone())),
+                (b"s".to_vec(), Some(f)),
+                (b"short".to_vec(), None),
+            ]
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The `cfsctl` binary's code: a thin command-line layer over `cfs-format` and `cfs-repo`.
+//! The `cfsctl` binary's code: a thin command-line layer over the cfs libraries (`cfs-format`,
+//! `cfs-repo`, `cfs-mount`, `cfs-fuse`, `cfs-oci`).
 //! It dispatches between the multi-call personalities (`mkcomposefs`, `composefs-info`) and the
 //! `cfsctl` command set, turns library errors into messages with context, and maps them to exit
 //! codes. No format logic lives here.

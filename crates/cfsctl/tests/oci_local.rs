@@ -7,65 +7,19 @@
 //! mounted (kernel and FUSE).
 
 mod common;
+#[path = "common/oci_fixture.rs"]
+mod oci_fixture;
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use cfs_oci::testutil::{self, Compress, Entry, Layer, Layout};
-use common::{describe_output, kernel_mount_unavailable, root_unavailable, run_with_timeout, skip};
-
-const TIMEOUT: Duration = Duration::from_secs(180);
-
-fn cfsctl(repo: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cfsctl"));
-    cmd.arg("--repo").arg(repo).args(args);
-    run_with_timeout(&mut cmd, TIMEOUT).unwrap_or_else(|e| panic!("running cfsctl {args:?}: {e}"))
-}
-
-fn ok(repo: &Path, args: &[&str]) -> String {
-    let out = cfsctl(repo, args);
-    assert!(
-        out.status.success(),
-        "cfsctl {args:?} failed\n{}",
-        describe_output(&out)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-fn fails(repo: &Path, args: &[&str]) -> String {
-    let out = cfsctl(repo, args);
-    assert!(
-        !out.status.success(),
-        "cfsctl {args:?} should fail\n{}",
-        describe_output(&out)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// The value of the `key value…` line of `pull` output.
-fn field<'a>(out: &'a str, key: &str) -> &'a str {
-    out.lines()
-        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {key:?} line in {out:?}"))
-}
-
-fn init(dir: &Path, algorithm: &str) -> PathBuf {
-    let repo = dir.join(format!("repo-{algorithm}"));
-    ok(
-        &repo,
-        &[
-            "init",
-            "--insecure",
-            "--algorithm",
-            &format!("fsverity-{algorithm}-12"),
-        ],
-    );
-    repo
-}
+use common::{describe_output, kernel_mount_unavailable, root_unavailable, skip};
+use oci_fixture::{
+    assert_fsck_clean, cfsctl, fails, field, init, missing_programs, objects, ok, skopeo, Registry,
+};
 
 fn vector_layout(dir: &Path, compress: Compress) -> (Layout, Vec<Layer>) {
     let layout = Layout::create(&dir.join("oci"));
@@ -73,27 +27,6 @@ fn vector_layout(dir: &Path, compress: Compress) -> (Layout, Vec<Layer>) {
     let layers = vec![Layer::new(l1, compress), Layer::new(l2, compress)];
     layout.add_image("t", &layers);
     (layout, layers)
-}
-
-fn objects(repo: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for d in std::fs::read_dir(repo.join("objects")).expect("objects") {
-        let d = d.expect("entry");
-        for f in std::fs::read_dir(d.path()).expect("subdir") {
-            let f = f.expect("entry");
-            out.insert(format!(
-                "{}{}",
-                d.file_name().to_string_lossy(),
-                f.file_name().to_string_lossy()
-            ));
-        }
-    }
-    out
-}
-
-fn assert_fsck_clean(repo: &Path) {
-    let out = ok(repo, &["fsck"]);
-    assert!(!out.contains("fsck:"), "{out}");
 }
 
 #[test]
@@ -268,6 +201,41 @@ fn oci_repull_fetches_nothing_and_shared_layers_are_stored_once() {
     assert_fsck_clean(&repo);
 }
 
+/// A layer's root entry may be spelled `./` (umoci repack, GNU tar) or `/` (umoci insert): both
+/// only set the root's metadata, which the `/usr` rule then replaces, so the image id is the
+/// same as with no root entry at all.
+#[test]
+fn oci_root_entry_spellings_give_the_same_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::create(&dir.path().join("oci"));
+    let body = || {
+        vec![
+            Entry::dir("usr/", 0o755, 1),
+            Entry::file("usr/f", 0o644, 1, b"f"),
+        ]
+    };
+    let mut ids = BTreeSet::new();
+    for (tag, root) in [("none", None), ("dot", Some("./")), ("slash", Some("/"))] {
+        let mut entries: Vec<Entry> = root.map(|r| Entry::dir(r, 0o700, 9)).into_iter().collect();
+        entries.extend(body());
+        layout.add_image(
+            tag,
+            &[Layer::new(testutil::tar(&entries), Compress::Gzip(1))],
+        );
+        let repo = init(&dir.path().join(tag), "sha256");
+        let out = ok(
+            &repo,
+            &[
+                "oci",
+                "pull",
+                &format!("oci:{}:{tag}", layout.dir.display()),
+            ],
+        );
+        ids.insert(field(&out, "verity").to_owned());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+}
+
 #[test]
 fn oci_tag_and_untag() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -431,33 +399,10 @@ fn oci_bad_layers_fail_naming_layer_and_entry_and_leave_no_tag() {
 // Through skopeo: its image proxy, and a real registry
 // ---------------------------------------------------------------------------------------------
 
-fn have(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-fn skopeo(args: &[&str]) {
-    let mut cmd = Command::new("skopeo");
-    cmd.args(args);
-    let out = run_with_timeout(&mut cmd, TIMEOUT).expect("running skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?}\n{}",
-        describe_output(&out)
-    );
-}
-
 #[test]
 fn oci_pull_through_skopeo_transports() {
-    if !have("skopeo") {
-        skip(
-            "pulls through skopeo's image proxy",
-            "skopeo (apt-get install skopeo)",
-        );
+    if let Some(why) = missing_programs(&["skopeo"]) {
+        skip("pulls through skopeo's image proxy", &why);
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -483,88 +428,16 @@ fn oci_pull_through_skopeo_transports() {
     assert_fsck_clean(&repo);
 }
 
-/// A `docker-registry` serving on 127.0.0.1 from a temporary directory; stopped on drop.
-struct Registry {
-    child: Child,
-    port: u16,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Registry {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("data").display()
-            ),
-        )
-        .expect("registry config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Registry { child, port };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if registry.answers() {
-                return registry;
-            }
-            assert!(Instant::now() < deadline, "docker-registry did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn answers(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut reply = String::new();
-        let _ = s.read_to_string(&mut reply);
-        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn oci_pull_from_a_registry() {
-    if !have("skopeo") || !Path::new("/usr/bin/docker-registry").exists() {
-        skip(
-            "pull from a loopback registry",
-            "skopeo and docker-registry (apt-get install skopeo docker-registry)",
-        );
+    if let Some(why) = missing_programs(&["skopeo", "docker-registry"]) {
+        skip("pull from a loopback registry", &why);
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (layout, _) = vector_layout(dir.path(), Compress::Zstd(2));
-    let registry = Registry::start(dir.path());
-    let remote = format!("docker://127.0.0.1:{}/cfs/vector:t", registry.port);
-    skopeo(&[
-        "copy",
-        "--dest-tls-verify=false",
-        &format!("oci:{}:t", layout.dir.display()),
-        &remote,
-    ]);
+    let registry = Registry::start(&dir.path().join("registry"));
+    let remote = registry.push(&layout.dir, "t", "cfs/vector");
     let repo = init(dir.path(), "sha256");
     let out = ok(&repo, &["oci", "pull", "--tls-verify=false", &remote]);
     assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");

@@ -762,6 +762,10 @@ pub struct CompareOptions {
     /// Hardlinks: names sharing an inode in the expected tree share one in the actual tree,
     /// and names on distinct inodes stay distinct.
     pub inode_identity: bool,
+    /// Compare mtimes.
+    pub mtimes: bool,
+    /// Compare only the xattrs with these names (`None`: all of them).
+    pub only_xattrs: Option<Vec<Vec<u8>>>,
 }
 
 impl Default for CompareOptions {
@@ -770,6 +774,23 @@ impl Default for CompareOptions {
             dir_nlink: true,
             contents: true,
             inode_identity: true,
+            mtimes: true,
+            only_xattrs: None,
+        }
+    }
+}
+
+impl CompareOptions {
+    /// The xattrs of `node` this comparison looks at.
+    fn xattrs_of(&self, node: &Node) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        match &self.only_xattrs {
+            None => node.xattrs.clone(),
+            Some(names) => node
+                .xattrs
+                .iter()
+                .filter(|(n, _)| names.contains(n))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
         }
     }
 }
@@ -890,6 +911,18 @@ pub fn tree_differences(
         .unwrap_or_else(|e| panic!("reading expected tree {expected_root:?}: {e}"));
     let actual = snapshot(actual_root)
         .unwrap_or_else(|e| panic!("reading actual tree {actual_root:?}: {e}"));
+    snapshot_differences(expected_root, &expected, actual_root, &actual, opts)
+}
+
+/// [`tree_differences`] on snapshots already taken (which the caller may have adjusted); the
+/// roots are where regular file contents are read from.
+pub fn snapshot_differences(
+    expected_root: &Path,
+    expected: &BTreeMap<PathBuf, Node>,
+    actual_root: &Path,
+    actual: &BTreeMap<PathBuf, Node>,
+    opts: &CompareOptions,
+) -> Vec<String> {
     let mut diffs = Vec::new();
 
     for rel in expected.keys().filter(|k| !actual.contains_key(*k)) {
@@ -906,7 +939,7 @@ pub fn tree_differences(
         ));
     }
 
-    for (rel, want) in &expected {
+    for (rel, want) in expected {
         let Some(got) = actual.get(rel) else { continue };
         let p = show_path(rel);
         if want.kind != got.kind {
@@ -935,11 +968,13 @@ pub fn tree_differences(
         if want.kind != Kind::Dir {
             field("size", want.size.to_string(), got.size.to_string());
         }
-        field(
-            "mtime",
-            format!("{}.{:09}", want.mtime, want.mtime_nsec),
-            format!("{}.{:09}", got.mtime, got.mtime_nsec),
-        );
+        if opts.mtimes {
+            field(
+                "mtime",
+                format!("{}.{:09}", want.mtime, want.mtime_nsec),
+                format!("{}.{:09}", got.mtime, got.mtime_nsec),
+            );
+        }
         if want.kind != Kind::Dir || opts.dir_nlink {
             field("nlink", want.nlink.to_string(), got.nlink.to_string());
         }
@@ -948,7 +983,7 @@ pub fn tree_differences(
             format!("{:?}", want.symlink_target),
             format!("{:?}", got.symlink_target),
         );
-        for d in xattr_differences(&want.xattrs, &got.xattrs) {
+        for d in xattr_differences(&opts.xattrs_of(want), &opts.xattrs_of(got)) {
             diffs.push(format!("{p}: {d}"));
         }
         if opts.contents && want.kind == Kind::File {
@@ -962,7 +997,7 @@ pub fn tree_differences(
         // Group the expected non-directories by inode; each group must map to exactly one
         // actual inode, and different groups to different actual inodes.
         let mut groups: BTreeMap<(u64, u64), Vec<&PathBuf>> = BTreeMap::new();
-        for (rel, node) in &expected {
+        for (rel, node) in expected {
             if node.kind != Kind::Dir && actual.contains_key(rel) {
                 groups.entry((node.dev, node.ino)).or_default().push(rel);
             }
