@@ -455,7 +455,8 @@ print(f"- Generated tree: {entries['syn']} entries ({int(bytes_syn) / 2**30:.2f}
       f"{int(sizes['syn.sqfs']) / 2**20:.0f} MiB.")
 print(f"- Real tree: `{real}`, {entries['real']} entries ({int(bytes_real) / 2**30:.2f} GiB). "
       f"Composefs image {int(sizes['real']) / 2**20:.1f} MiB, squashfs "
-      f"{int(sizes['real.sqfs']) / 2**20:.0f} MiB.")
+      f"{int(sizes['real.sqfs']) / 2**20:.0f} MiB. Only walked, and without the passthrough "
+      "variants (a walk opens no file).")
 print("- Configurations: **kernel** = `cfsctl mount` (EROFS + overlayfs, insecure repository); "
       f"**fuse-1 / {N}** = `cfsctl fuse-serve -o threads=1|{ncpu},verify=off` (the kernel mount of "
       "an insecure repository checks no digests either); **passthrough** adds `passthrough`; "
