@@ -23,7 +23,7 @@ use fuser::{
 use crate::attr::{self, InoMap, BLOCK_SIZE, ROOT_INO};
 use crate::counters::{Counters, Op};
 use crate::mmap::ImageMap;
-use crate::objects::{ObjectError, ObjectRef, ObjectStore, OpenObject, OpenTable};
+use crate::objects::{ObjectError, ObjectRef, ObjectStore, OpenObject, OpenTable, RecentObjects};
 
 /// Entry and attribute timeout: the image never changes, so "forever" (about 31 years; the
 /// kernel clamps it to what jiffies can express).
@@ -87,6 +87,10 @@ pub(crate) struct ComposefsFs {
     stack_depth: u32,
     /// The kernel handles directories without OPENDIR/RELEASEDIR once told so (ENOSYS).
     no_opendir: bool,
+    /// The kernel opens files without OPEN/RELEASE once told so (ENOSYS); see `init`.
+    no_open: bool,
+    /// Objects opened for READs that come without an OPEN (zero-message open).
+    recent: RecentObjects,
 }
 
 impl ComposefsFs {
@@ -109,6 +113,8 @@ impl ComposefsFs {
             passthrough: AtomicBool::new(false),
             stack_depth,
             no_opendir: false,
+            no_open: false,
+            recent: RecentObjects::default(),
         }
     }
 
@@ -350,11 +356,34 @@ impl ComposefsFs {
         }
     }
 
-    fn read_object(&self, ino: INodeNo, offset: u64, size: usize, reply: ReplyData) {
-        let Some(obj) = self.open.get(ino.0) else {
-            log::warn!("READ of inode {} without an open object", ino.0);
-            return reply.error(Errno::EIO);
+    /// A READ of a file the kernel opened without asking (zero-message open): find where the
+    /// data lives now.
+    fn read_unopened(&self, ino: INodeNo, offset: u64, size: usize, reply: ReplyData) {
+        let object = match self.object_of(ino) {
+            Ok(Some(object)) => object,
+            Ok(None) => return self.read_image(ino, offset, size, reply),
+            Err(e) => return reply.error(e),
         };
+        let obj = self.recent.get_or_open(ino.0, || {
+            self.objects.open(&object).map_err(|e| {
+                log_object_error(ino.0, &e);
+                Errno::EIO
+            })
+        });
+        match obj {
+            Ok(obj) => self.read_object(ino, &obj, offset, size, reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read_object(
+        &self,
+        ino: INodeNo,
+        obj: &OpenObject,
+        offset: u64,
+        size: usize,
+        reply: ReplyData,
+    ) {
         with_read_buf(size, |buf| {
             let mut done = 0;
             while done < buf.len() {
@@ -479,6 +508,15 @@ impl fuser::Filesystem for ComposefsFs {
                 self.passthrough.store(true, Ordering::Relaxed);
             }
         }
+        // Zero-message open, when there is nothing to do at open: no backing file to register
+        // (passthrough) and no digest to check (verify=off). The kernel then opens files by
+        // itself, keeping their page cache, and a warm read costs no request at all. A missing
+        // object is reported by the first READ instead of the open.
+        self.no_open = !self.passthrough.load(Ordering::Relaxed)
+            && !self.objects.verifies()
+            && config
+                .capabilities()
+                .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         Ok(())
     }
 
@@ -528,6 +566,11 @@ impl fuser::Filesystem for ComposefsFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.hit(Op::Open);
+        if self.no_open && flags.acc_mode() == OpenAccMode::O_RDONLY {
+            // The kernel takes this as success, keeps the page cache, and sends no more OPEN
+            // or RELEASE for files (the mount is read-only, so no open for writing gets here).
+            return reply.error(Errno::ENOSYS);
+        }
         self.do_open(ino, flags, reply);
     }
 
@@ -545,8 +588,15 @@ impl fuser::Filesystem for ComposefsFs {
         self.hit(Op::Read);
         let size = (size as usize).min(MAX_READ);
         match fh.0 {
-            FH_OBJECT => self.read_object(ino, offset, size, reply),
-            _ => self.read_image(ino, offset, size, reply),
+            FH_OBJECT => match self.open.get(ino.0) {
+                Some(obj) => self.read_object(ino, &obj, offset, size, reply),
+                None => {
+                    log::warn!("READ of inode {} without an open object", ino.0);
+                    reply.error(Errno::EIO)
+                }
+            },
+            FH_IMAGE => self.read_image(ino, offset, size, reply),
+            _ => self.read_unopened(ino, offset, size, reply),
         }
     }
 

@@ -94,6 +94,11 @@ impl ObjectStore {
         }
     }
 
+    /// Whether objects are checked against their digests.
+    pub(crate) fn verifies(&self) -> bool {
+        self.verify
+    }
+
     /// Open `obj` read-only (never leaving the objects directory: `RESOLVE_BENEATH`) and, unless
     /// verification is off, check it against its digest on the first open of this mount.
     pub(crate) fn open(&self, obj: &ObjectRef) -> Result<File, ObjectError> {
@@ -275,6 +280,76 @@ impl OpenTable {
     }
 }
 
+/// Objects opened for READs that arrive without an OPEN (the kernel's zero-message open), so
+/// that reading a file in many requests opens its object once. There is no RELEASE to say when
+/// a file is done with, so the table is small and the oldest entry makes room: the number of
+/// descriptors stays bounded however many files are read.
+#[derive(Debug, Default)]
+pub(crate) struct RecentObjects {
+    slots: Mutex<RecentSlots>,
+}
+
+#[derive(Debug, Default)]
+struct RecentSlots {
+    /// (inode, object), oldest first.
+    entries: std::collections::VecDeque<(u64, Arc<OpenObject>)>,
+}
+
+impl RecentObjects {
+    /// Objects kept open at most.
+    const CAPACITY: usize = 64;
+
+    /// The open object of `ino`, opened with `open` (outside the lock) if it is not recent.
+    pub(crate) fn get_or_open<E>(
+        &self,
+        ino: u64,
+        open: impl FnOnce() -> Result<File, E>,
+    ) -> Result<Arc<OpenObject>, E> {
+        if let Some(obj) = self.find(ino) {
+            return Ok(obj);
+        }
+        let obj = Arc::new(OpenObject {
+            file: open()?,
+            backing: None,
+        });
+        let evicted = {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((_, existing)) = slots.entries.iter().find(|(i, _)| *i == ino) {
+                // Another worker opened it meanwhile: use that one, drop ours.
+                return Ok(Arc::clone(existing));
+            }
+            slots.entries.push_back((ino, Arc::clone(&obj)));
+            if slots.entries.len() > Self::CAPACITY {
+                slots.entries.pop_front()
+            } else {
+                None
+            }
+        };
+        // Close outside the lock (readers still holding it keep it open until they finish).
+        drop(evicted);
+        Ok(obj)
+    }
+
+    fn find(&self, ino: u64) -> Option<Arc<OpenObject>> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .entries
+            .iter()
+            .rev()
+            .find(|(i, _)| *i == ino)
+            .map(|(_, o)| Arc::clone(o))
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entries
+            .len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -374,5 +449,29 @@ mod tests {
         assert_eq!(t.len(), 0);
         assert!(t.get(5).is_none());
         t.release(5); // unmatched release: ignored
+    }
+
+    #[test]
+    fn recent_objects_stay_bounded_and_are_reused() {
+        let recent = RecentObjects::default();
+        let opened = std::cell::Cell::new(0);
+        let open = || {
+            opened.set(opened.get() + 1);
+            Ok::<_, std::io::Error>(tempfile::tempfile().unwrap())
+        };
+        let first = recent.get_or_open(1, open).unwrap();
+        let again = recent.get_or_open(1, open).unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(opened.get(), 1);
+        for ino in 2..200 {
+            recent.get_or_open(ino, open).unwrap();
+        }
+        assert_eq!(recent.len(), RecentObjects::CAPACITY);
+        // Inode 1 was evicted long ago; the reader holding it still has a usable file.
+        assert!(first.file.metadata().is_ok());
+        recent.get_or_open(1, open).unwrap();
+        assert_eq!(opened.get(), 200);
+        let failed = recent.get_or_open(500, || Err::<File, _>("no such object"));
+        assert_eq!(failed.unwrap_err(), "no such object");
     }
 }

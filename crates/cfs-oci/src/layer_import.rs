@@ -17,9 +17,10 @@
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::rc::Rc;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 
 use cfs_format::Digest;
-use cfs_repo::repo::{RepoError, Repository};
+use cfs_repo::repo::{ObjectWriter, RepoError, Repository};
 use cfs_repo::splitstream::{content_type, SplitStreamWriter};
 
 use crate::digest::{BlobHasher, OciDigest};
@@ -92,10 +93,9 @@ struct Shared {
     consumed: u64,
 }
 
-/// Hashes everything read (the diff_id) and, while capturing, appends it to the stream.
+/// While capturing, appends everything the tar reader reads to the stream.
 struct Tee<R> {
     inner: R,
-    hasher: BlobHasher,
     shared: Rc<RefCell<Shared>>,
 }
 
@@ -103,7 +103,6 @@ impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let data = buf.get(..n).unwrap_or_default();
-        self.hasher.update(data);
         let mut s = self.shared.borrow_mut();
         s.consumed += n as u64;
         if s.capture {
@@ -127,48 +126,156 @@ fn read_up_to(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Size of the pieces of uncompressed tar passed from the decompressing thread to the parser.
+const TAR_CHUNK: usize = 256 << 10;
+/// Pieces in flight between the two.
+const TAR_CHUNKS_IN_FLIGHT: usize = 8;
+
+/// What the decompressing thread sends the parser.
+enum Inflated {
+    /// The next piece of the tar.
+    Data(Vec<u8>),
+    /// The end of the tar, with its digest (the diff_id to check). Nothing followed the
+    /// compressed stream.
+    End(OciDigest),
+    /// Reading or decompressing failed.
+    Failed(io::Error),
+}
+
+/// Decompress `blob` (gzip, zstd or plain, told by its magic bytes) into `out`, hashing the
+/// uncompressed tar with `algorithm`. Runs on its own thread: decompression and hashing the tar
+/// take about as long as everything the parser does, so the two overlap. Stops early when the
+/// parser hangs up.
+fn inflate(
+    blob: &mut (dyn Read + Send),
+    algorithm: crate::digest::DigestAlgorithm,
+    out: &SyncSender<Inflated>,
+    spare: &Receiver<Vec<u8>>,
+) {
+    let result = (|| -> io::Result<Option<OciDigest>> {
+        let mut magic = [0u8; 4];
+        let n = read_up_to(blob, &mut magic)?;
+        let head = &magic[..n];
+        let mut hasher = BlobHasher::new(algorithm);
+        {
+            let src = head.chain(&mut *blob);
+            let mut decompressed: Box<dyn Read + '_> = match Compression::sniff(head) {
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(src)),
+                Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(src)?),
+                Compression::None => Box::new(src),
+            };
+            loop {
+                // A recycled buffer was cut to its data; growing it back only zeroes the tail.
+                let mut buf = spare.try_recv().unwrap_or_default();
+                buf.resize(TAR_CHUNK, 0);
+                let n = read_up_to(&mut *decompressed, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                buf.truncate(n);
+                hasher.update(&buf);
+                if out.send(Inflated::Data(buf)).is_err() {
+                    // The parser stopped (it failed); nothing more is wanted.
+                    return Ok(None);
+                }
+            }
+        }
+        let mut trailing = [0u8; 1];
+        if read_up_to(blob, &mut trailing)? != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "trailing data after the compressed stream",
+            ));
+        }
+        Ok(Some(hasher.finish()))
+    })();
+    let last = match result {
+        Ok(Some(digest)) => Inflated::End(digest),
+        Ok(None) => return,
+        Err(e) => Inflated::Failed(e),
+    };
+    let _ = out.send(last);
+}
+
+/// The parser's side of [`inflate`]: reads the pieces in order and hands emptied buffers back.
+struct TarPieces {
+    pieces: Receiver<Inflated>,
+    give_back: Sender<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+    /// Set at the end of the tar: its digest.
+    digest: Option<OciDigest>,
+}
+
+impl Read for TarPieces {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.at >= self.current.len() {
+            if self.digest.is_some() {
+                return Ok(0);
+            }
+            match self.pieces.recv() {
+                Ok(Inflated::Data(piece)) => {
+                    let used = std::mem::replace(&mut self.current, piece);
+                    self.at = 0;
+                    if used.capacity() > 0 {
+                        let _ = self.give_back.send(used);
+                    }
+                }
+                Ok(Inflated::End(digest)) => self.digest = Some(digest),
+                Ok(Inflated::Failed(e)) => return Err(e),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "decompression stopped before the end of the blob",
+                    ))
+                }
+            }
+        }
+        let n = (self.current.len() - self.at).min(out.len());
+        out[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Import the layer blob `blob` (compressed digest `blob_digest`, expected uncompressed digest
 /// `diff_id`) as the stream `oci-layer-<diff_id>`. Returns the stream's object digest and the
 /// counters. On any failure no stream name is created (objects already stored stay as garbage
 /// for GC).
+///
+/// Three threads share the work: one decompresses and hashes the tar, this one parses it and
+/// hashes file bodies, and the repository's object writer creates the objects.
 pub fn import_layer(
     repo: &Repository,
-    blob: &mut dyn Read,
+    blob: &mut (dyn Read + Send),
     blob_digest: &OciDigest,
     diff_id: &OciDigest,
 ) -> Result<(Digest, ImportStats), OciError> {
     let layer = diff_id.to_string();
-    let layer_err = |context: &str, source: io::Error| OciError::Layer {
-        layer: layer.clone(),
-        context: context.to_owned(),
-        source,
-    };
-    let mut magic = [0u8; 4];
-    let n = read_up_to(blob, &mut magic).map_err(|e| layer_err("reading the blob", e))?;
-    let head = &magic[..n];
-    let split = {
-        let src = head.chain(&mut *blob);
-        let mut decompressed: Box<dyn Read + '_> = match Compression::sniff(head) {
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(src)),
-            Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(src)
-                    .map_err(|e| layer_err("starting zstd decompression", e))?,
-            ),
-            Compression::None => Box::new(src),
+    let (piece_tx, pieces) = mpsc::sync_channel(TAR_CHUNKS_IN_FLIGHT);
+    let (give_back, spare) = mpsc::channel();
+    let algorithm = diff_id.algorithm();
+    let (actual, writer, stats) = std::thread::scope(|scope| {
+        let inflater = std::thread::Builder::new()
+            .name("cfs-inflate".into())
+            .spawn_scoped(scope, move || inflate(blob, algorithm, &piece_tx, &spare))
+            .map_err(|e| OciError::io("starting the decompression thread", e))?;
+        let mut tar = TarPieces {
+            pieces,
+            give_back,
+            current: Vec::new(),
+            at: 0,
+            digest: None,
         };
-        split_tar(repo, &mut *decompressed, diff_id)?
-    };
-    let mut trailing = [0u8; 1];
-    if read_up_to(blob, &mut trailing).map_err(|e| layer_err("reading the blob", e))? != 0 {
-        return Err(layer_err(
-            "reading the blob",
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                "trailing data after the compressed stream",
-            ),
-        ));
-    }
-    let (actual, writer, stats) = split;
+        let split = split_tar(repo, &mut tar, diff_id);
+        // Hanging up stops the decompressor if the parser gave up early.
+        drop(tar);
+        inflater.join().map_err(|_| OciError::Corrupt {
+            what: layer.clone(),
+            reason: "internal error: the decompression thread panicked".into(),
+        })?;
+        split
+    })?;
     if actual != *diff_id {
         return Err(OciError::DiffIdMismatch {
             blob: blob_digest.clone(),
@@ -185,7 +292,7 @@ pub fn import_layer(
 /// stored) and the counters.
 fn split_tar(
     repo: &Repository,
-    tar: &mut dyn Read,
+    tar: &mut TarPieces,
     diff_id: &OciDigest,
 ) -> Result<(OciDigest, SplitStreamWriter, ImportStats), OciError> {
     let layer = diff_id.to_string();
@@ -199,19 +306,18 @@ fn split_tar(
         capture: true,
         consumed: 0,
     }));
-    let tee = Tee {
-        inner: tar,
-        hasher: BlobHasher::new(diff_id.algorithm()),
-        shared: Rc::clone(&shared),
-    };
     let mut stats = ImportStats::default();
-    let mut archive = tar::Archive::new(tee);
-    let mut last: Option<String> = None;
-    let where_ = |last: &Option<String>| match last {
-        Some(name) => format!("reading the tar after entry {name:?}"),
-        None => "reading the tar".to_owned(),
-    };
-    {
+    let ((), written) = repo.with_object_writer(|objects| {
+        let tee = Tee {
+            inner: &mut *tar,
+            shared: Rc::clone(&shared),
+        };
+        let mut archive = tar::Archive::new(tee);
+        let mut last: Option<String> = None;
+        let where_ = |last: &Option<String>| match last {
+            Some(name) => format!("reading the tar after entry {name:?}"),
+            None => "reading the tar".to_owned(),
+        };
         let entries = archive.entries().map_err(|e| layer_err(where_(&last), e))?;
         for item in entries {
             let mut entry = item.map_err(|e| layer_err(where_(&last), e))?;
@@ -229,9 +335,9 @@ fn split_tar(
             {
                 if size > INLINE_MAX {
                     shared.borrow_mut().capture = false;
-                    let imported = repo.import_reader(&mut entry, Some(size));
+                    let stored = store_body(repo, objects, &mut entry, size, &mut stats);
                     shared.borrow_mut().capture = true;
-                    let (digest, fresh, got) = imported.map_err(|e| match e {
+                    let (digest, got) = stored.map_err(|e| match e {
                         RepoError::Import { source } => {
                             layer_err(format!("reading the content of {name:?}"), source)
                         }
@@ -255,29 +361,24 @@ fn split_tar(
                             what: layer_stream_id(diff_id),
                             source,
                         })?;
-                    if fresh {
-                        stats.objects_new += 1;
-                        stats.bytes_new += size;
-                    } else {
-                        stats.objects_reused += 1;
-                        stats.bytes_reused += size;
-                    }
                 }
             }
             last = Some(name);
         }
-    }
-    // The end-of-archive blocks and anything after them belong to the tar too.
-    let mut tee = archive.into_inner();
-    io::copy(&mut tee, &mut io::sink())
-        .map_err(|e| layer_err("reading the end of the tar".into(), e))?;
-    let Tee {
-        inner,
-        hasher,
-        shared: tee_shared,
-    } = tee;
-    drop((inner, tee_shared));
-    let actual = hasher.finish();
+        // The end-of-archive blocks and anything after them belong to the tar too.
+        let mut tee = archive.into_inner();
+        io::copy(&mut tee, &mut io::sink())
+            .map_err(|e| layer_err("reading the end of the tar".into(), e))?;
+        Ok::<_, OciError>(())
+    })?;
+    stats.objects_new += written.new;
+    stats.objects_reused += written.reused;
+    stats.bytes_new += written.bytes_new;
+    stats.bytes_reused += written.bytes_reused;
+    let actual = tar.digest.take().ok_or_else(|| OciError::Corrupt {
+        what: layer.clone(),
+        reason: "internal error: the tar ended without its digest".into(),
+    })?;
     let Shared {
         writer, consumed, ..
     } = Rc::try_unwrap(shared)
@@ -288,4 +389,36 @@ fn split_tar(
         .into_inner();
     stats.tar_bytes = consumed;
     Ok((actual, writer, stats))
+}
+
+/// Store the body of a regular file (`size` bytes from `body`) as an object: whole and through
+/// the background writer when small, streamed here when large. Returns the digest and the bytes
+/// read (less than `size` when the tar is truncated). Counts streamed objects in `stats`; the
+/// writer counts its own.
+fn store_body(
+    repo: &Repository,
+    objects: &mut ObjectWriter<'_>,
+    body: &mut dyn Read,
+    size: u64,
+    stats: &mut ImportStats,
+) -> Result<(Digest, u64), RepoError> {
+    if size <= ObjectWriter::MAX_OBJECT as u64 {
+        let mut buf = objects.buffer();
+        buf.reserve(size as usize);
+        let got = body
+            .take(size)
+            .read_to_end(&mut buf)
+            .map_err(|source| RepoError::Import { source })?;
+        let digest = objects.store(buf)?;
+        return Ok((digest, got as u64));
+    }
+    let (digest, fresh, got) = repo.import_reader(body, Some(size))?;
+    if fresh {
+        stats.objects_new += 1;
+        stats.bytes_new += got;
+    } else {
+        stats.objects_reused += 1;
+        stats.bytes_reused += got;
+    }
+    Ok((digest, got))
 }

@@ -12,6 +12,9 @@
 //!    the served image afterwards gives EIO for the operations that meet it while the server keeps
 //!    serving (and then stops cleanly); a missing object gives EIO on open.
 //!
+//! Also: with verify=off and no passthrough, files open without any request (zero-message
+//! open), so warm reads cost nothing and a missing object fails its first READ instead.
+//!
 //! The stress test (item 5) is in `fuse_stress.rs`. Every wait has a time limit; guards kill the
 //! servers and detach their mounts on failure, and every test checks at the end that nothing is
 //! left mounted under its temporary directory.
@@ -30,12 +33,12 @@ use std::time::Duration;
 
 use cfs_format::dumpfile::escape::unescape;
 use cfs_format::erofs::reader::Image;
-use common::source_tree::{build_source_tree, check_source_tree, MIB};
+use common::source_tree::{build_source_tree, check_source_tree, SourceImage, MIB};
 use common::{assert_nothing_mounted_under, content_difference, mount_at, pattern, run_ok, skip};
 use fuse_support::{
-    cfsctl, composefs_info, content_diff, dev_of, eio, errno_of, fuse_available, make_dir,
-    mkcomposefs, read_file, test_dir, with_timeout, BackgroundMount, Server, TOOL_TIMEOUT,
-    WALK_TIMEOUT,
+    cfsctl, composefs_info, content_diff, count_entries, dev_of, digest_store_image, eio, errno_of,
+    fuse_available, make_dir, mkcomposefs, read_file, repo_image, test_dir, with_timeout,
+    BackgroundMount, Server, TOOL_TIMEOUT, WALK_TIMEOUT,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -275,71 +278,6 @@ fn check_round_trip(image_dump: &[u8], src: &Path, mnt: &Path, scratch: &Path, w
     );
 }
 
-/// The source tree of `build_source_tree` and its `mkcomposefs --hardlinks --digest-store`
-/// image.
-struct MkcomposefsImage {
-    src: PathBuf,
-    image: PathBuf,
-    objects: PathBuf,
-}
-
-fn mkcomposefs_image(dir: &Path) -> MkcomposefsImage {
-    let src = dir.join("src");
-    let image = dir.join("image.cfs");
-    let objects = dir.join("objects");
-    build_source_tree(&src);
-    check_source_tree(&src);
-    let mut store = OsStr::new("--digest-store=").to_owned();
-    store.push(&objects);
-    run_ok(
-        mkcomposefs()
-            .arg("--hardlinks")
-            .arg(store)
-            .arg(&src)
-            .arg(&image),
-        TOOL_TIMEOUT,
-    );
-    MkcomposefsImage {
-        src,
-        image,
-        objects,
-    }
-}
-
-/// `cfsctl --repo REPO ARGS…`.
-fn in_repo(repo: &Path, args: &[&OsStr]) -> std::process::Output {
-    run_ok(cfsctl().arg("--repo").arg(repo).args(args), TOOL_TIMEOUT)
-}
-
-/// An insecure sha256 repository at `repo` holding `src` as image `name` (no OCI transform);
-/// returns the image file (`images/<id>`).
-fn repo_image(repo: &Path, src: &Path, name: &str) -> PathBuf {
-    in_repo(
-        repo,
-        &[
-            OsStr::new("init"),
-            OsStr::new("--insecure"),
-            OsStr::new("--algorithm"),
-            OsStr::new("fsverity-sha256-12"),
-        ],
-    );
-    let out = in_repo(
-        repo,
-        &[
-            OsStr::new("create-image"),
-            OsStr::new("--no-propagate-usr-to-root"),
-            src.as_os_str(),
-            OsStr::new(name),
-        ],
-    );
-    let id = String::from_utf8(out.stdout).expect("image id is text");
-    let id = id.trim();
-    let hex = id.rsplit(':').next().expect("image id");
-    let image = repo.join("images").join(hex);
-    assert!(image.exists(), "no image file {image:?} for id {id}");
-    image
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Dumpfile round trip
 // ---------------------------------------------------------------------------------------------
@@ -351,7 +289,7 @@ fn dumpfile_round_trip_over_fuse_serve() {
     }
     let tmp = test_dir("cfs-fuse-acc-dump-");
     {
-        let img = mkcomposefs_image(tmp.path());
+        let img = SourceImage::build(tmp.path(), mkcomposefs());
         let want = image_dump(&img.image);
         let mnt = make_dir(tmp.path(), "mnt");
         for opts in ["", "passthrough"] {
@@ -382,7 +320,7 @@ fn dumpfile_round_trip_over_mount_fuse() {
         build_source_tree(&src);
         check_source_tree(&src);
         let repo = tmp.path().join("repo");
-        let image = repo_image(&repo, &src, "img");
+        let image = repo_image(&repo, "sha256", &src, "img");
         let want = image_dump(&image);
         let mnt = make_dir(tmp.path(), "mnt");
         for fuse_arg in ["--fuse", "--fuse=passthrough"] {
@@ -454,12 +392,7 @@ fn passthrough_reads_stay_in_the_kernel() {
         fs::write(src.join("small"), b"inline").expect("write small");
         let image = tmp.path().join("image.cfs");
         let objects = tmp.path().join("objects");
-        let mut store = OsStr::new("--digest-store=").to_owned();
-        store.push(&objects);
-        run_ok(
-            mkcomposefs().arg(store).arg(&src).arg(&image),
-            Duration::from_secs(300),
-        );
+        digest_store_image(&src, &image, &objects, Duration::from_secs(300));
         let mnt = make_dir(tmp.path(), "mnt");
 
         // With passthrough the kernel reads the object itself: OPEN reaches the server, READ
@@ -555,7 +488,7 @@ fn tampered_and_missing_objects_give_eio() {
         }
         fs::write(src.join("inline"), b"small").expect("write");
         let repo = tmp.path().join("repo");
-        let image = repo_image(&repo, &src, "img");
+        let image = repo_image(&repo, "sha256", &src, "img");
         let dump = image_dump(&image);
         let tampered = object_of(&dump, "tampered");
         let missing = object_of(&dump, "missing");
@@ -607,6 +540,105 @@ fn tampered_and_missing_objects_give_eio() {
         assert!(server.is_running(), "{}", server.log_text());
         let counters = server.stop();
         assert!(counters.get("OPEN") >= 5, "{counters:?}");
+    }
+    assert_nothing_mounted_under(tmp.path());
+}
+
+/// With nothing to do at open (verify=off, no passthrough) the server answers the first OPEN
+/// with ENOSYS and the kernel opens files by itself from then on: no OPEN or RELEASE per file,
+/// the page cache is kept, so a second read of everything costs no request at all. A missing
+/// object is then reported by the first READ (EIO, logged) instead of the open.
+#[test]
+fn verify_off_opens_files_without_requests() {
+    if !fuse_available("FUSE zero-message open") {
+        return;
+    }
+    let tmp = test_dir("cfs-fuse-acc-noopen-");
+    {
+        let src = make_dir(tmp.path(), "src");
+        let names: Vec<String> = (0..20).map(|i| format!("f{i:02}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            fs::write(src.join(name), pattern(i as u64 + 100, 5_000 + i * 3_000)).expect("write");
+        }
+        fs::write(src.join("inline"), b"tiny").expect("write");
+        fs::write(src.join("gone"), pattern(99, 70_000)).expect("write");
+        let repo = tmp.path().join("repo");
+        let image = repo_image(&repo, "sha256", &src, "img");
+        let gone = object_of(&image_dump(&image), "gone");
+        fs::remove_file(repo.join("objects").join(&gone)).expect("remove an object");
+
+        let mnt = make_dir(tmp.path(), "mnt");
+        let log = tmp.path().join("serve.log");
+        let mut server = Server::start(
+            &[
+                OsStr::new("--repo"),
+                repo.as_os_str(),
+                OsStr::new("fuse-serve"),
+                OsStr::new("-o"),
+                OsStr::new("verify=off"),
+                image.as_os_str(),
+                mnt.as_os_str(),
+            ],
+            &mnt,
+            &log,
+        );
+        let read_all = || {
+            for name in names.iter().map(String::as_str).chain(["inline"]) {
+                assert_eq!(
+                    content_diff(&src.join(name), &mnt.join(name)),
+                    None,
+                    "{name}"
+                );
+            }
+        };
+        read_all();
+        let cold = server.counters_now();
+        read_all();
+        read_all();
+        let warm = server.counters_now();
+        // One OPEN in all (answered with ENOSYS), whatever the number of opens.
+        assert_eq!(cold.get("OPEN"), 1, "{cold:?}");
+        assert_eq!(warm.get("OPEN"), 1, "{warm:?}");
+        assert!(warm.get("RELEASE") <= 1, "{warm:?}");
+        assert!(cold.get("READ") > 0, "{cold:?}");
+        assert_eq!(
+            warm.get("READ"),
+            cold.get("READ"),
+            "warm reads reached the server: cold {cold:?}, warm {warm:?}"
+        );
+
+        // The missing object: the open succeeds, the read fails with EIO, the log names it.
+        let r = read_file(&mnt.join("gone"));
+        assert_eq!(errno_of(r, "read gone"), eio());
+        let text = server.log_text();
+        assert!(
+            text.lines().any(|l| l.contains(&gone) && l.contains("missing")),
+            "no log line names the missing object {gone}:\n{text}"
+        );
+        assert!(server.is_running(), "{}", server.log_text());
+        server.stop();
+
+        // With passthrough every open still reaches the server (it registers the backing file).
+        let log = tmp.path().join("passthrough.log");
+        let mut server = Server::fuse_serve(
+            &image,
+            &repo.join("objects"),
+            "passthrough,verify=off",
+            &mnt,
+            &log,
+        );
+        read_all();
+        read_all();
+        let counters = server.stop();
+        let text = fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("passthrough unavailable") || text.contains("passthrough disabled") {
+            skip(
+                "OPEN counts with passthrough",
+                &format!("the kernel does not do FUSE passthrough here:\n{text}"),
+            );
+        } else {
+            assert!(counters.get("OPEN") >= 2 * 20, "{counters:?}");
+        }
     }
     assert_nothing_mounted_under(tmp.path());
 }
@@ -668,9 +700,7 @@ fn truncated_and_corrupt_images_are_refused() {
         fs::create_dir(src.join("dir")).expect("mkdir");
         let image = tmp.path().join("good.cfs");
         let objects = tmp.path().join("objects");
-        let mut store = OsStr::new("--digest-store=").to_owned();
-        store.push(&objects);
-        run_ok(mkcomposefs().arg(store).arg(&src).arg(&image), TOOL_TIMEOUT);
+        digest_store_image(&src, &image, &objects, TOOL_TIMEOUT);
         let good = fs::read(&image).expect("read the image");
         assert!(good.len() >= 3 * 4096, "{} bytes", good.len());
         let root_inode = Image::open(&good)
@@ -774,7 +804,7 @@ fn damage_found_while_serving_gives_eio() {
     }
     let tmp = test_dir("cfs-fuse-acc-damage-");
     {
-        let img = mkcomposefs_image(tmp.path());
+        let img = SourceImage::build(tmp.path(), mkcomposefs());
         let bytes = fs::read(&img.image).expect("read the image");
         // Where to damage, found before serving: the inode of a deep directory, the second
         // block of a multi-block directory, and the data of another directory.
@@ -801,17 +831,9 @@ fn damage_found_while_serving_gives_eio() {
         let m = mnt.clone();
         let (stat_deepest, list_many, lookup_hardlink) =
             with_timeout("reading the damaged parts", WALK_TIMEOUT, move || {
-                let list = |dir: &Path| -> std::io::Result<usize> {
-                    let mut n = 0;
-                    for e in fs::read_dir(dir)? {
-                        e?;
-                        n += 1;
-                    }
-                    Ok(n)
-                };
                 (
                     fs::symlink_metadata(m.join("sub/deeper/deepest")),
-                    list(&m.join("many")),
+                    count_entries(&m.join("many")),
                     fs::symlink_metadata(m.join("hardlinks/ext-a")),
                 )
             });

@@ -224,6 +224,9 @@ pub enum RepoError {
         /// Why.
         source: ReassembleError,
     },
+    /// The background object writer stopped (its own error is reported instead where known).
+    #[error("the object writer thread stopped")]
+    WriterStopped,
     /// A GC root named with `--root` exists in neither `images/` nor `streams/`.
     #[error("GC root {name:?} is neither an image nor a stream")]
     RootNotFound {

@@ -23,6 +23,7 @@
 //! for the same directory in one process are two lockers: an exclusive lock (a real GC) taken
 //! through one waits for the other to be dropped.
 
+mod background;
 mod error;
 mod fsck;
 mod fsutil;
@@ -44,6 +45,7 @@ use cfs_format::{Algorithm, Digest};
 use rustix::fs::{Access, AtFlags, FlockOperation, Mode, OFlags, StatVfsMountFlags, CWD};
 use rustix::io::Errno;
 
+pub use background::{ObjectWriter, WriteCounts};
 pub use error::RepoError;
 pub use fsck::{FsckError, FsckReport};
 pub use gc::{GcOptions, GcReport, RemovedItem, RemovedKind};

@@ -175,7 +175,7 @@ impl Repository {
         Ok((digest, fresh))
     }
 
-    fn store_bytes(&self, data: &[u8], digest: Digest) -> Result<bool, RepoError> {
+    pub(super) fn store_bytes(&self, data: &[u8], digest: Digest) -> Result<bool, RepoError> {
         let objects = self.objects_dir()?;
         let presence = self.presence(&digest, data.len() as u64)?;
         if let Presence::Present = presence {

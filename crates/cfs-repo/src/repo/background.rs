@@ -1,0 +1,176 @@
+//! Storing objects on a thread of their own while the caller goes on producing them.
+//!
+//! An importer that walks a stream (an OCI layer's tar) spends its time in three places: getting
+//! the bytes, hashing them, and the filesystem calls that create each object (a temporary file,
+//! a write, a link). Only the digest is needed to go on with the stream, so
+//! [`Repository::with_object_writer`] hashes in the caller's thread and hands the bytes to a
+//! writer thread: the kernel work of creating one object overlaps with reading and hashing the
+//! next. The digest is always computed here, never taken from the caller, so a queued object
+//! can never be stored under a wrong name.
+//!
+//! Memory stays bounded: at most [`QUEUE_DEPTH`] objects wait, each at most
+//! [`ObjectWriter::MAX_OBJECT`] bytes; larger contents go through
+//! [`Repository::import_reader`], which streams them.
+
+use std::sync::mpsc::{self, Receiver, SyncSender};
+
+use cfs_format::fsverity;
+use cfs_format::Digest;
+
+use super::{RepoError, Repository};
+
+/// Objects waiting for the writer thread at most.
+const QUEUE_DEPTH: usize = 32;
+
+/// What the writer thread stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteCounts {
+    /// Objects newly written.
+    pub new: u64,
+    /// Objects that were already present.
+    pub reused: u64,
+    /// Bytes of the new objects.
+    pub bytes_new: u64,
+    /// Bytes of the present objects.
+    pub bytes_reused: u64,
+}
+
+/// Hands objects to the writer thread; see the [module documentation](self).
+#[derive(Debug)]
+pub struct ObjectWriter<'r> {
+    repo: &'r Repository,
+    queue: SyncSender<(Digest, Vec<u8>)>,
+    /// Buffers the writer is done with, for reuse.
+    spare: Receiver<Vec<u8>>,
+}
+
+impl ObjectWriter<'_> {
+    /// Largest content worth queueing whole; above this, stream it with
+    /// [`Repository::import_reader`].
+    pub const MAX_OBJECT: usize = 1 << 20;
+
+    /// An empty buffer to fill with an object's content (recycled when possible).
+    pub fn buffer(&mut self) -> Vec<u8> {
+        let mut buf = self.spare.try_recv().unwrap_or_default();
+        buf.clear();
+        buf
+    }
+
+    /// Queue `data` as an object and return its digest. The object is durable only after the
+    /// writer has finished and the repository is synced, as with any other object write.
+    pub fn store(&mut self, data: Vec<u8>) -> Result<Digest, RepoError> {
+        let digest = fsverity::digest(self.repo.algorithm(), &data);
+        self.queue
+            .send((digest, data))
+            .map_err(|_| RepoError::WriterStopped)?;
+        Ok(digest)
+    }
+}
+
+impl Repository {
+    /// Run `produce` with an [`ObjectWriter`] whose objects are written by a background thread,
+    /// then wait for every queued object to be stored. Returns `produce`'s value and what the
+    /// writer stored. When the writer fails, its error is returned (it is the cause of any error
+    /// `produce` saw from [`ObjectWriter::store`]).
+    pub fn with_object_writer<T, E>(
+        &self,
+        produce: impl FnOnce(&mut ObjectWriter<'_>) -> Result<T, E>,
+    ) -> Result<(T, WriteCounts), E>
+    where
+        E: From<RepoError>,
+    {
+        self.ensure_writable()?;
+        let (queue, incoming) = mpsc::sync_channel::<(Digest, Vec<u8>)>(QUEUE_DEPTH);
+        let (give_back, spare) = mpsc::channel::<Vec<u8>>();
+        std::thread::scope(|scope| {
+            let writer = std::thread::Builder::new()
+                .name("cfs-objects".into())
+                .spawn_scoped(scope, move || {
+                    let mut counts = WriteCounts::default();
+                    for (digest, data) in incoming {
+                        let size = data.len() as u64;
+                        if self.store_bytes(&data, digest)? {
+                            counts.new += 1;
+                            counts.bytes_new += size;
+                        } else {
+                            counts.reused += 1;
+                            counts.bytes_reused += size;
+                        }
+                        // The producer may be gone already; then the buffer is simply freed.
+                        let _ = give_back.send(data);
+                    }
+                    Ok::<_, RepoError>(counts)
+                })
+                .map_err(|e| self.io_err("objects (starting the writer thread)", e))?;
+            let mut handle = ObjectWriter {
+                repo: self,
+                queue,
+                spare,
+            };
+            let produced = produce(&mut handle);
+            // Closing the queue lets the writer finish what is queued and stop.
+            drop(handle);
+            let written = writer.join().unwrap_or(Err(RepoError::WriterStopped));
+            match (produced, written) {
+                (_, Err(e)) => Err(E::from(e)),
+                (Err(e), Ok(_)) => Err(e),
+                (Ok(value), Ok(counts)) => Ok((value, counts)),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::repo as temp_repo;
+    use super::*;
+
+    #[test]
+    fn queued_objects_are_stored_and_counted() {
+        let (_dir, repo) = temp_repo();
+        let (digests, counts) = repo
+            .with_object_writer(|w| {
+                let mut out = Vec::new();
+                for i in 0..100u32 {
+                    let mut buf = w.buffer();
+                    buf.extend_from_slice(format!("object {}", i % 60).as_bytes());
+                    out.push(w.store(buf)?);
+                }
+                Ok::<_, RepoError>(out)
+            })
+            .expect("writer");
+        assert_eq!(counts.new, 60);
+        assert_eq!(counts.reused, 40);
+        for (i, d) in digests.iter().enumerate() {
+            let expected = format!("object {}", i % 60);
+            assert_eq!(repo.read_object(d).expect("read"), expected.as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_failing_writer_reports_its_error() {
+        let (dir, repo) = temp_repo();
+        // A file where the object's fan-out directory belongs: the link fails, and the writer's
+        // error (not the producer's "writer stopped") is what the caller sees.
+        let doomed = b"doomed".to_vec();
+        let digest = fsverity::digest(repo.algorithm(), &doomed);
+        let fan_out = &digest.to_hex()[..2];
+        let objects = dir.path().join("repo/objects");
+        std::fs::create_dir_all(&objects).expect("objects");
+        std::fs::write(objects.join(fan_out), b"").expect("block");
+        let result = repo.with_object_writer(|w| {
+            w.store(doomed)?;
+            for i in 0..1000u32 {
+                let mut buf = w.buffer();
+                buf.extend_from_slice(&i.to_le_bytes());
+                w.store(buf)?;
+            }
+            Ok::<_, RepoError>(())
+        });
+        let err = result.expect_err("must fail");
+        assert!(
+            !matches!(err, RepoError::WriterStopped),
+            "the writer's own error is reported: {err}"
+        );
+    }
+}
