@@ -16,10 +16,11 @@ else
     cargo build --release --quiet -p cfsctl
     bin=${CARGO_TARGET_DIR:-$PWD/target}/release
 fi
+# shellcheck source=scripts/lib/registry.sh
+source scripts/lib/registry.sh
 work=$(mktemp -d /var/tmp/cfs-oci-bench.XXXXXX)
-registry_pid=
 cleanup() {
-    [[ -n $registry_pid ]] && kill "$registry_pid" 2>/dev/null || true
+    registry_stop
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -41,20 +42,9 @@ umoci unpack --image "$work/layout:deb" "$work/bundle" >/dev/null
 cp -a "$rootfs/." "$work/bundle/rootfs/"
 umoci repack --image "$work/layout:deb" "$work/bundle" >/dev/null
 rm -rf "$work/bundle"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$work/registry.yml" <<YML
-version: 0.1
-storage:
-  filesystem:
-    rootdirectory: $work/registry-data
-http:
-  addr: 127.0.0.1:$port
-YML
-docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-registry_pid=$!
-for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-skopeo copy --dest-tls-verify=false "oci:$work/layout:deb" "docker://127.0.0.1:$port/deb:1" >/dev/null
-ref="docker://127.0.0.1:$port/deb:1"
+registry_start "$work"
+ref="docker://127.0.0.1:$registry_port/deb:1"
+skopeo copy --dest-tls-verify=false "oci:$work/layout:deb" "$ref" >/dev/null
 layer_bytes=$(du -sb "$work/layout/blobs" | cut -f1)
 
 measure() { # label, command...

@@ -20,19 +20,18 @@ scripts/install-deps.sh
 cargo build --release --quiet -p cfsctl
 cfsctl=${CARGO_TARGET_DIR:-$PWD/target}/release/cfsctl
 
+# shellcheck source=scripts/lib/registry.sh
+source scripts/lib/registry.sh
+
 work=$(mktemp -d "${TMPDIR:-/tmp}/cfs-demo.XXXXXX")
 mnt=$work/mnt
-registry_pid=
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
     if mountpoint -q "$mnt" 2>/dev/null; then
         umount "$mnt" 2>/dev/null || umount -l "$mnt" || true
     fi
-    if [[ -n $registry_pid ]]; then
-        kill "$registry_pid" 2>/dev/null || true
-        wait "$registry_pid" 2>/dev/null || true
-    fi
+    registry_stop
     rm -rf "$work"
     exit "$status"
 }
@@ -79,45 +78,9 @@ echo "OCI layout $layout, tag demo"
 
 # ---- 3. the registry ------------------------------------------------------------------------------
 step "start a local registry (docker-registry on 127.0.0.1)"
-registry_answers() { # PORT: GET /v2/ gives 200 from a registry
-    local reply
-    reply=$(timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"
-        printf "GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" >&3
-        cat <&3' _ "$1" 2>/dev/null) || return 1
-    [[ $reply == "HTTP/1."?" 200"* && ${reply,,} == *"docker-distribution-api-version: registry/2.0"* ]]
-}
-port_in_use() { timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null; }
-for _ in 1 2 3 4 5; do
-    port=$((20000 + RANDOM % 40000))
-    port_in_use "$port" && continue
-    cat >"$work/registry.yml" <<EOF
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: $work/registry-data
-http:
-  addr: 127.0.0.1:$port
-EOF
-    docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-    registry_pid=$!
-    for _ in $(seq 100); do # up to 10 s
-        registry_answers "$port" && break 2
-        kill -0 "$registry_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-    registry_pid=
-done
-if [[ -z $registry_pid ]]; then
-    echo "demo: docker-registry did not start; its last log:" >&2
-    cat "$work/registry.log" >&2
-    exit 1
-fi
-image=docker://127.0.0.1:$port/cfs/demo:latest
-echo "registry pid $registry_pid on 127.0.0.1:$port"
+registry_start "$work"
+image=docker://127.0.0.1:$registry_port/cfs/demo:latest
+echo "registry pid $registry_pid on 127.0.0.1:$registry_port"
 
 step "push the image with skopeo"
 skopeo copy --quiet --dest-tls-verify=false "oci:$layout:demo" "$image"

@@ -11,7 +11,7 @@ use crate::digest::DigestAlgorithm;
 use crate::names::ImageName;
 use crate::source::LayoutSource;
 use crate::store;
-use crate::testutil::{self, Compress, Entry, Kind, Layer, Layout};
+use crate::testutil::{self, BadImage, Compress, Entry, Kind, Layer, Layout};
 
 fn repo(dir: &Path, algorithm: Algorithm) -> Repository {
     Repository::init(
@@ -48,11 +48,6 @@ fn pull_jobs(
     )
 }
 
-fn vector(compress: Compress) -> Vec<Layer> {
-    let (l1, l2) = testutil::vector_layers();
-    vec![Layer::new(l1, compress), Layer::new(l2, compress)]
-}
-
 fn objects(repo: &Repository) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let base = repo.path().join("objects");
@@ -84,9 +79,7 @@ fn vector_gives_the_pinned_ids_and_dump() {
         (Algorithm::Sha512, testutil::VECTOR_ID_SHA512),
     ] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let layout = Layout::create(&dir.path().join("oci"));
-        let layers = vector(Compress::None);
-        layout.add_image("t", &layers);
+        let (layout, layers) = testutil::vector_layout(dir.path(), Compress::None);
         let repo = repo(dir.path(), alg);
         let report = pull_tag(&repo, &layout, "t").expect("pull");
         assert_eq!(report.image_id.to_hex(), want, "{alg}");
@@ -171,25 +164,9 @@ fn compressed_layers_give_the_same_image() {
     let layout = Layout::create(&dir.path().join("oci"));
     let big = big_layer();
     let (l1, l2) = testutil::vector_layers();
-    let cases = [
-        ("plain", Compress::None),
-        ("gzip", Compress::Gzip(1)),
-        ("gzip3", Compress::Gzip(3)),
-        ("zstd", Compress::Zstd(1)),
-        ("zstd4", Compress::Zstd(4)),
-    ];
-    for (tag, c) in cases {
-        layout.add_image(
-            tag,
-            &[
-                Layer::new(l1.clone(), c),
-                Layer::new(big.clone(), c),
-                Layer::new(l2.clone(), c),
-            ],
-        );
-    }
+    layout.add_compressions(&[l1, big.clone(), l2]);
     let mut ids = BTreeSet::new();
-    for (tag, _) in cases {
+    for (tag, _) in testutil::COMPRESSIONS {
         // A fresh repository each time, so every layer is really imported.
         let sub = dir.path().join(tag);
         std::fs::create_dir(&sub).expect("mkdir");
@@ -218,24 +195,8 @@ fn compressed_layers_give_the_same_image() {
 #[test]
 fn repulls_fetch_nothing_and_shared_layers_are_stored_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let layout = Layout::create(&dir.path().join("oci"));
-    let (l1, l2) = testutil::vector_layers();
-    let extra = testutil::tar(&[Entry::file("etc/extra", 0o644, 5, &[b'E'; 4000])]);
-    layout.add_image(
-        "a",
-        &[
-            Layer::new(l1.clone(), Compress::Gzip(1)),
-            Layer::new(l2.clone(), Compress::Gzip(1)),
-        ],
-    );
-    layout.add_image(
-        "b",
-        &[
-            Layer::new(l1.clone(), Compress::Gzip(1)),
-            Layer::new(l2.clone(), Compress::Gzip(1)),
-            Layer::new(extra, Compress::Gzip(1)),
-        ],
-    );
+    let extra = Layer::gzip(&[Entry::file("etc/extra", 0o644, 5, &[b'E'; 4000])]);
+    let layout = testutil::shared_layers_layout(dir.path(), extra);
     let repo = repo(dir.path(), Algorithm::Sha256);
     let first = pull_tag(&repo, &layout, "a").expect("pull a");
     assert_eq!(first.layers_fetched, 2);
@@ -290,155 +251,31 @@ fn repulls_fetch_nothing_and_shared_layers_are_stored_once() {
     );
 }
 
-/// Pull `layers` tagged `bad`; expect an error whose message contains every string in `want`;
-/// check that no tag was made and fsck stays clean.
-fn assert_bad(layers: &[Layer], tamper: impl FnOnce(&Layout, &OciDigest), want: &[&str]) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let layout = Layout::create(&dir.path().join("oci"));
-    let manifest = layout.add_image("bad", layers);
-    tamper(&layout, &manifest);
-    let repo = repo(dir.path(), Algorithm::Sha256);
-    let err = pull_tag(&repo, &layout, "bad").expect_err("must fail");
-    let msg = err.to_string();
-    for w in want {
-        assert!(msg.contains(w), "{msg:?} should mention {w:?}");
-    }
-    assert_eq!(store::tag_target(&repo, "bad").expect("tag"), None);
-    assert!(repo.fsck().expect("fsck").is_ok(), "fsck after {msg}");
-    repo.gc(&GcOptions::default()).expect("gc");
-    assert!(repo.fsck().expect("fsck").is_ok());
-}
-
-fn base() -> Vec<Entry> {
-    vec![Entry::dir("usr/", 0o755, 1), Entry::dir("etc/", 0o755, 1)]
-}
-
-fn with(mut entries: Vec<Entry>, more: Vec<Entry>) -> Layer {
-    entries.extend(more);
-    Layer::new(testutil::tar(&entries), Compress::Gzip(1))
-}
-
 #[test]
 fn bad_inputs_fail_clearly_and_leave_no_tag() {
-    let layer_id = |l: &Layer| l.diff_id().to_string();
-    let dotdot = with(base(), vec![Entry::file("etc/../../evil", 0o644, 1, b"x")]);
-    assert_bad(
-        std::slice::from_ref(&dotdot),
-        |_, _| {},
-        &[&layer_id(&dotdot), "etc/../../evil", "'..'"],
-    );
-
-    let absolute = with(base(), vec![Entry::file("/etc/passwd", 0o644, 1, b"x")]);
-    assert_bad(
-        std::slice::from_ref(&absolute),
-        |_, _| {},
-        &[&layer_id(&absolute), "/etc/passwd", "absolute"],
-    );
-
-    let escape = with(
-        base(),
-        vec![
-            Entry::symlink("etc/link", "/tmp", 1),
-            Entry::file("etc/link/owned", 0o644, 1, b"x"),
-        ],
-    );
-    assert_bad(
-        std::slice::from_ref(&escape),
-        |_, _| {},
-        &[&layer_id(&escape), "etc/link/owned", "symlink"],
-    );
-    // Also across layers: the symlink in one, the write-through in the next.
-    let l1 = with(base(), vec![Entry::symlink("etc/up", "../..", 1)]);
-    let l2 = with(
-        vec![],
-        vec![Entry::file("etc/up/x", 0o644, 1, &[b'x'; 100])],
-    );
-    assert_bad(
-        &[l1, l2.clone()],
-        |_, _| {},
-        &[&layer_id(&l2), "etc/up/x", "symlink"],
-    );
-
-    let missing = with(base(), vec![Entry::hardlink("etc/h", "etc/nothing")]);
-    assert_bad(
-        std::slice::from_ref(&missing),
-        |_, _| {},
-        &[&layer_id(&missing), "etc/h", "etc/nothing"],
-    );
-
-    let sparse = with(
-        base(),
-        vec![Entry {
-            kind: Kind::Raw(b'S', vec![]),
-            ..Entry::file("etc/sparse", 0o644, 1, b"")
-        }],
-    );
-    assert_bad(
-        std::slice::from_ref(&sparse),
-        |_, _| {},
-        &[
-            &layer_id(&sparse),
-            "etc/sparse",
-            "sparse entries are not supported",
-        ],
-    );
-
-    let mut truncated = with(
-        base(),
-        vec![Entry::file("etc/data", 0o644, 1, &vec![7u8; 200_000])],
-    );
-    truncated.truncate_to = Some(300);
-    assert_bad(&[truncated.clone()], |_, _| {}, &[&layer_id(&truncated)]);
-
-    let mut wrong = with(base(), vec![Entry::file("etc/f", 0o644, 1, &[1u8; 1000])]);
-    wrong.diff_id = Some(OciDigest::of(DigestAlgorithm::Sha256, b"something else"));
-    assert_bad(
-        &[wrong.clone()],
-        |_, _| {},
-        &[&layer_id(&wrong), "diff_id mismatch"],
-    );
-
-    let fine = with(base(), vec![]);
-    let gone = with(base(), vec![Entry::file("etc/g", 0o644, 1, b"g")]);
-    let gone_blob = crate::testutil::gzip(&gone.tar);
-    let gone_digest = OciDigest::of(DigestAlgorithm::Sha256, &gone_blob);
-    assert_bad(
-        &[fine, gone],
-        |layout, _| std::fs::remove_file(layout.blob_path(&gone_digest)).expect("rm blob"),
-        &[&gone_digest.to_string(), "missing"],
-    );
-
-    // A corrupted blob (digest no longer matches) is refused too: a gzip one by the
-    // decompressor's checksum, a plain one by the blob digest.
-    let corrupt = with(base(), vec![Entry::file("etc/c", 0o644, 1, b"c")]);
-    let corrupt_digest = OciDigest::of(
-        DigestAlgorithm::Sha256,
-        &crate::testutil::gzip(&corrupt.tar),
-    );
-    assert_bad(
-        std::slice::from_ref(&corrupt),
-        |layout, _| {
-            let p = layout.blob_path(&corrupt_digest);
-            let mut data = std::fs::read(&p).expect("read");
-            let last = data.len() - 1;
-            data[last] ^= 0xff;
-            std::fs::write(&p, data).expect("write");
-        },
-        &[&layer_id(&corrupt), "checksum"],
-    );
-    let corrupt = Layer::new(corrupt.tar, Compress::None);
-    let corrupt_digest = OciDigest::of(DigestAlgorithm::Sha256, &corrupt.tar);
-    assert_bad(
-        &[corrupt],
-        |layout, _| {
-            let p = layout.blob_path(&corrupt_digest);
-            let mut data = std::fs::read(&p).expect("read");
-            let last = data.len() - 1;
-            data[last] ^= 0xff;
-            std::fs::write(&p, data).expect("write");
-        },
-        &[&corrupt_digest.to_string()],
-    );
+    for bad in testutil::bad_images() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let layout = bad.write(&dir.path().join("oci"));
+        let repo = repo(dir.path(), Algorithm::Sha256);
+        let err = pull_tag(&repo, &layout, BadImage::TAG).expect_err(bad.name);
+        let msg = err.to_string();
+        for w in &bad.want {
+            assert!(
+                msg.contains(w.as_str()),
+                "{}: {msg:?} should mention {w:?}",
+                bad.name
+            );
+        }
+        assert_eq!(
+            store::tag_target(&repo, BadImage::TAG).expect("tag"),
+            None,
+            "{}",
+            bad.name
+        );
+        assert!(repo.fsck().expect("fsck").is_ok(), "fsck after {msg}");
+        repo.gc(&GcOptions::default()).expect("gc");
+        assert!(repo.fsck().expect("fsck").is_ok(), "{}", bad.name);
+    }
 }
 
 #[test]
@@ -464,7 +301,7 @@ fn interrupted_pull_leaves_garbage_only_and_resumes() {
 fn diff_id_mismatch_names_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let layout = Layout::create(&dir.path().join("oci"));
-    let mut wrong = with(base(), vec![Entry::file("etc/f", 0o644, 1, &[1u8; 1000])]);
+    let mut wrong = Layer::on_base(vec![Entry::file("etc/f", 0o644, 1, &[1u8; 1000])]);
     let claimed = OciDigest::of(DigestAlgorithm::Sha256, b"something else");
     wrong.diff_id = Some(claimed.clone());
     layout.add_image("t", &[wrong]);

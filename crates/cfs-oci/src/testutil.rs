@@ -1,6 +1,8 @@
 //! Test fixtures: tar layers built entry by entry (PAX records, raw — even malicious — paths),
-//! compression helpers, and hand-written OCI image layouts. Compiled for this crate's tests and
-//! for other crates' tests through the `test-util` feature.
+//! compression helpers, hand-written OCI image layouts, the FORMATS.md §6 vector, and the images
+//! every pull must refuse. Compiled for this crate's tests and for other crates' tests through
+//! the `test-util` feature, so that the library's pull tests and cfsctl's `oci pull` tests
+//! build the same images.
 
 use std::fs;
 use std::io::Write;
@@ -287,13 +289,67 @@ impl Layer {
         }
     }
 
+    /// Layers of each of `tars`, all stored as `compress`.
+    pub fn all(tars: &[Vec<u8>], compress: Compress) -> Vec<Layer> {
+        tars.iter()
+            .map(|t| Layer::new(t.clone(), compress))
+            .collect()
+    }
+
+    /// A layer of `entries`, gzipped as one member.
+    pub fn gzip(entries: &[Entry]) -> Layer {
+        Layer::new(tar(entries), Compress::Gzip(1))
+    }
+
+    /// A gzip layer of `usr/` and `etc/` (mode 0755, mtime 1) and then `more`.
+    pub fn on_base(more: Vec<Entry>) -> Layer {
+        let mut entries = vec![Entry::dir("usr/", 0o755, 1), Entry::dir("etc/", 0o755, 1)];
+        entries.extend(more);
+        Layer::gzip(&entries)
+    }
+
     /// The diff_id the config will list.
     pub fn diff_id(&self) -> OciDigest {
         self.diff_id
             .clone()
             .unwrap_or_else(|| OciDigest::of(DigestAlgorithm::Sha256, &self.tar))
     }
+
+    /// The blob as a layout stores it (compressed, then truncated) and its media type.
+    pub fn blob(&self) -> (Vec<u8>, &'static str) {
+        let (data, media_type) = match self.compress {
+            Compress::None => (self.tar.clone(), "application/vnd.oci.image.layer.v1.tar"),
+            Compress::Gzip(n) => (
+                gzip_members(&self.tar, n),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            ),
+            Compress::Zstd(n) => (
+                zstd_frames(&self.tar, n),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
+        };
+        let data = match self.truncate_to {
+            Some(n) => data[..n.min(data.len())].to_vec(),
+            None => data,
+        };
+        (data, media_type)
+    }
+
+    /// The digest of [`Layer::blob`], the name of the blob in a layout.
+    pub fn blob_digest(&self) -> OciDigest {
+        OciDigest::of(DigestAlgorithm::Sha256, &self.blob().0)
+    }
 }
+
+/// The ways of storing a layer that every pull must treat alike, each with a tag to use for it:
+/// plain, and gzip and zstd as one member (frame) and as several.
+pub const COMPRESSIONS: [(&str, Compress); 5] = [
+    ("plain", Compress::None),
+    ("gzip", Compress::Gzip(1)),
+    ("gzip-multi", Compress::Gzip(3)),
+    ("zstd", Compress::Zstd(1)),
+    ("zstd-multi", Compress::Zstd(4)),
+];
 
 /// A hand-written OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`).
 #[derive(Debug, Clone)]
@@ -320,6 +376,11 @@ impl Layout {
         }
     }
 
+    /// `oci:DIR:TAG`, the image tagged `tag` here as an image reference.
+    pub fn reference(&self, tag: &str) -> String {
+        format!("oci:{}:{tag}", self.dir.display())
+    }
+
     /// Store a blob; returns its digest and size.
     pub fn blob(&self, data: &[u8]) -> (OciDigest, u64) {
         let d = OciDigest::of(DigestAlgorithm::Sha256, data);
@@ -336,21 +397,7 @@ impl Layout {
     pub fn add_image(&self, tag: &str, layers: &[Layer]) -> OciDigest {
         let mut descriptors = Vec::new();
         for l in layers {
-            let (data, media_type) = match l.compress {
-                Compress::None => (l.tar.clone(), "application/vnd.oci.image.layer.v1.tar"),
-                Compress::Gzip(n) => (
-                    gzip_members(&l.tar, n),
-                    "application/vnd.oci.image.layer.v1.tar+gzip",
-                ),
-                Compress::Zstd(n) => (
-                    zstd_frames(&l.tar, n),
-                    "application/vnd.oci.image.layer.v1.tar+zstd",
-                ),
-            };
-            let data = match l.truncate_to {
-                Some(n) => data[..n.min(data.len())].to_vec(),
-                None => data,
-            };
+            let (data, media_type) = l.blob();
             let (d, size) = self.blob(&data);
             descriptors
                 .push(json!({"mediaType": media_type, "digest": d.to_string(), "size": size}));
@@ -386,6 +433,185 @@ impl Layout {
         fs::write(&index_path, serde_json::to_vec(&index).expect("index json")).expect("index");
         md
     }
+
+    /// One image per entry of [`COMPRESSIONS`], tagged with its name: layers of `tars`, all
+    /// stored that way.
+    pub fn add_compressions(&self, tars: &[Vec<u8>]) {
+        for (tag, compress) in COMPRESSIONS {
+            self.add_image(tag, &Layer::all(tars, compress));
+        }
+    }
+
+    /// Flip every bit of the last byte of the blob `d` (its digest no longer matches).
+    pub fn corrupt_blob(&self, d: &OciDigest) {
+        let p = self.blob_path(d);
+        let mut data = fs::read(&p).unwrap_or_else(|e| panic!("read {p:?}: {e}"));
+        let last = data.len() - 1;
+        data[last] ^= 0xff;
+        fs::write(&p, data).unwrap_or_else(|e| panic!("write {p:?}: {e}"));
+    }
+
+    /// Remove the blob `d`.
+    pub fn remove_blob(&self, d: &OciDigest) {
+        let p = self.blob_path(d);
+        fs::remove_file(&p).unwrap_or_else(|e| panic!("remove {p:?}: {e}"));
+    }
+}
+
+/// What is done to a [`BadImage`]'s layout after the image is written.
+#[derive(Debug, Clone)]
+pub enum Damage {
+    /// Nothing: the layers themselves are bad.
+    None,
+    /// This blob is removed.
+    RemoveBlob(OciDigest),
+    /// This blob's last byte is changed.
+    CorruptBlob(OciDigest),
+}
+
+/// An image that every pull must refuse, naming what is wrong, without tagging anything.
+#[derive(Debug, Clone)]
+pub struct BadImage {
+    /// What is wrong with it, for messages.
+    pub name: &'static str,
+    /// Its layers.
+    pub layers: Vec<Layer>,
+    /// What is done to the layout afterwards.
+    pub damage: Damage,
+    /// Strings the error must contain.
+    pub want: Vec<String>,
+}
+
+impl BadImage {
+    /// The tag of the image in its layout.
+    pub const TAG: &'static str = "bad";
+
+    /// Write the image as [`BadImage::TAG`] into a new layout at `dir`, then damage it.
+    pub fn write(&self, dir: &Path) -> Layout {
+        let layout = Layout::create(dir);
+        layout.add_image(Self::TAG, &self.layers);
+        match &self.damage {
+            Damage::None => {}
+            Damage::RemoveBlob(d) => layout.remove_blob(d),
+            Damage::CorruptBlob(d) => layout.corrupt_blob(d),
+        }
+        layout
+    }
+}
+
+/// Images with bad layers or blobs: `..` and absolute paths, writes through a symlink (in one
+/// layer, and across two with a relative and with an absolute target), a hardlink to nothing, a sparse entry, a truncated blob, a wrong
+/// diff_id, a missing blob and corrupt (gzip and plain) blobs.
+pub fn bad_images() -> Vec<BadImage> {
+    let mut out = Vec::new();
+    let mut bad = |name, layers: Vec<Layer>, damage, want: &[&str]| {
+        // Every error names the layer that holds the problem (the last one here) unless the
+        // damage is to a blob, which the error names instead.
+        let mut want: Vec<String> = want.iter().map(|w| (*w).to_owned()).collect();
+        if matches!(damage, Damage::None) {
+            want.insert(0, layers.last().expect("a layer").diff_id().to_string());
+        }
+        out.push(BadImage {
+            name,
+            layers,
+            damage,
+            want,
+        });
+    };
+    let file = |path: &str, content: &[u8]| Entry::file(path, 0o644, 1, content);
+
+    let dotdot = Layer::on_base(vec![file("etc/../../evil", b"x")]);
+    bad(
+        "dotdot",
+        vec![dotdot],
+        Damage::None,
+        &["etc/../../evil", "'..'"],
+    );
+    let absolute = Layer::on_base(vec![file("/etc/passwd", b"x")]);
+    bad(
+        "absolute",
+        vec![absolute],
+        Damage::None,
+        &["/etc/passwd", "absolute"],
+    );
+    let escape = Layer::on_base(vec![
+        Entry::symlink("etc/link", "/tmp", 1),
+        file("etc/link/owned", b"x"),
+    ]);
+    bad(
+        "symlink-escape",
+        vec![escape],
+        Damage::None,
+        &["etc/link/owned", "symlink"],
+    );
+    // The symlink in one layer, the write through it in the next.
+    let up = Layer::on_base(vec![Entry::symlink("etc/up", "../..", 1)]);
+    let through = Layer::gzip(&[file("etc/up/x", &[b'x'; 100])]);
+    bad(
+        "symlink-escape-across-layers",
+        vec![up, through],
+        Damage::None,
+        &["etc/up/x", "symlink"],
+    );
+    let out_link = Layer::on_base(vec![Entry::symlink("etc/out", "/", 1)]);
+    let through = Layer::gzip(&[file("etc/out/etc/passwd", b"root::0:0")]);
+    bad(
+        "symlink-to-root-across-layers",
+        vec![out_link, through],
+        Damage::None,
+        &["etc/out/etc/passwd", "symlink"],
+    );
+    let hardlink = Layer::on_base(vec![Entry::hardlink("etc/h", "etc/nothing")]);
+    bad(
+        "hardlink-to-nothing",
+        vec![hardlink],
+        Damage::None,
+        &["etc/h", "etc/nothing"],
+    );
+    let sparse = Layer::on_base(vec![Entry {
+        kind: Kind::Raw(b'S', vec![]),
+        ..file("etc/sparse", b"")
+    }]);
+    bad(
+        "sparse",
+        vec![sparse],
+        Damage::None,
+        &["etc/sparse", "sparse entries are not supported"],
+    );
+    let mut truncated = Layer::on_base(vec![file("etc/data", &vec![7u8; 200_000])]);
+    truncated.truncate_to = Some(300);
+    bad("truncated", vec![truncated], Damage::None, &[]);
+    let mut wrong = Layer::on_base(vec![file("etc/f", &[1u8; 1000])]);
+    wrong.diff_id = Some(OciDigest::of(DigestAlgorithm::Sha256, b"something else"));
+    bad("diff-id", vec![wrong], Damage::None, &["diff_id mismatch"]);
+
+    let gone = Layer::on_base(vec![file("etc/g", b"g")]);
+    let d = gone.blob_digest();
+    bad(
+        "missing-blob",
+        vec![Layer::on_base(vec![]), gone],
+        Damage::RemoveBlob(d.clone()),
+        &[&d.to_string(), "missing"],
+    );
+    // A corrupt gzip blob is refused by the decompressor's checksum (naming the layer), a
+    // corrupt plain one by the blob digest.
+    let corrupt = Layer::on_base(vec![file("etc/c", b"c")]);
+    let (d, diff_id) = (corrupt.blob_digest(), corrupt.diff_id().to_string());
+    bad(
+        "corrupt-gzip-blob",
+        vec![corrupt.clone()],
+        Damage::CorruptBlob(d),
+        &[&diff_id, "checksum"],
+    );
+    let plain = Layer::new(corrupt.tar, Compress::None);
+    let d = plain.blob_digest();
+    bad(
+        "corrupt-plain-blob",
+        vec![plain],
+        Damage::CorruptBlob(d.clone()),
+        &[&d.to_string()],
+    );
+    out
 }
 
 /// The two layers of the FORMATS.md §6 OCI vector (uncompressed PAX tars).
@@ -417,6 +643,31 @@ pub fn vector_layers() -> (Vec<u8>, Vec<u8>) {
         Entry::file("usr/bin/.wh.big", 0o644, 1_700_000_100, b""),
     ]);
     (layer1, layer2)
+}
+
+/// The vector's layers (see [`vector_layers`]), stored as `compress`.
+pub fn vector(compress: Compress) -> Vec<Layer> {
+    let (l1, l2) = vector_layers();
+    vec![Layer::new(l1, compress), Layer::new(l2, compress)]
+}
+
+/// A layout at `dir/oci` holding the vector stored as `compress`, tagged `t`; and its layers.
+pub fn vector_layout(dir: &Path, compress: Compress) -> (Layout, Vec<Layer>) {
+    let layout = Layout::create(&dir.join("oci"));
+    let layers = vector(compress);
+    layout.add_image("t", &layers);
+    (layout, layers)
+}
+
+/// A layout at `dir/oci` with two images sharing the vector's layers (gzip): `a`, the vector,
+/// and `b`, the vector and then `extra`.
+pub fn shared_layers_layout(dir: &Path, extra: Layer) -> Layout {
+    let layout = Layout::create(&dir.join("oci"));
+    let mut layers = vector(Compress::Gzip(1));
+    layout.add_image("a", &layers);
+    layers.push(extra);
+    layout.add_image("b", &layers);
+    layout
 }
 
 /// `cfsctl oci dump` of the vector in a sha256 repository (FORMATS.md §6).

@@ -24,7 +24,7 @@ mod common;
 mod fuse_support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -34,8 +34,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::source_tree::generate_bulk_tree;
-use common::{assert_nothing_mounted_under, mount_at, run_ok};
-use fuse_support::{fuse_available, make_dir, mkcomposefs, test_dir, CounterTable, Server};
+use common::{assert_nothing_mounted_under, mount_at};
+use fuse_support::{digest_store_image, fuse_available, make_dir, test_dir, CounterTable, Server};
 use rustix::fs::Advice;
 use rustix::process::Signal;
 use sha2::{Digest as _, Sha256};
@@ -371,12 +371,7 @@ fn concurrent_readers_then_sigterm() {
         assert_eq!(files, FILES);
         let image = tmp.path().join("image.cfs");
         let objects = tmp.path().join("objects");
-        let mut store = OsStr::new("--digest-store=").to_owned();
-        store.push(&objects);
-        run_ok(
-            mkcomposefs().arg(store).arg(&src).arg(&image),
-            Duration::from_secs(600),
-        );
+        digest_store_image(&src, &image, &objects, Duration::from_secs(600));
         let mnt = make_dir(tmp.path(), "mnt");
         let log = tmp.path().join("serve.log");
         let mut server = Server::fuse_serve(&image, &objects, "", &mnt, &log);

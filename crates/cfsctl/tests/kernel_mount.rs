@@ -11,20 +11,13 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use common::source_tree::{build_source_tree, check_source_tree, MIB};
+use common::source_tree::{SourceImage, MIB};
 use common::{
     assert_nothing_mounted_under, assert_trees_equal, fsck_erofs, kernel_mount_unavailable,
-    mount_at, mount_composefs_overlay, mount_erofs_file, read_node, root_unavailable, run_ok, skip,
+    mount_at, mount_composefs_overlay, mount_erofs_file, read_node, root_unavailable, skip,
     CompareOptions, Kind,
 };
-
-fn mkcomposefs(args: &[&OsStr]) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mkcomposefs"));
-    cmd.args(args);
-    run_ok(&mut cmd, Duration::from_secs(60));
-}
 
 #[test]
 fn mkcomposefs_image_mounts_through_kernel_identical_to_source() {
@@ -38,20 +31,11 @@ fn mkcomposefs_image_mounts_through_kernel_identical_to_source() {
         .prefix("cfs-kernel-mount-")
         .tempdir()
         .expect("create a temporary directory");
-    let src = tmp.path().join("src");
-    let objects = tmp.path().join("objects");
-    let image = tmp.path().join("image.cfs");
-    build_source_tree(&src);
-    check_source_tree(&src);
-
-    let mut digest_store = OsStr::new("--digest-store=").to_owned();
-    digest_store.push(&objects);
-    mkcomposefs(&[
-        OsStr::new("--hardlinks"),
-        &digest_store,
-        src.as_os_str(),
-        image.as_os_str(),
-    ]);
+    let SourceImage {
+        src,
+        image,
+        objects,
+    } = SourceImage::build(tmp.path(), Command::new(env!("CARGO_BIN_EXE_mkcomposefs")));
     fsck_erofs(&image);
 
     if let Some(missing) = kernel_mount_unavailable() {

@@ -15,19 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cfs_oci::testutil::{self, Compress, Entry, Layer, Layout};
+use cfs_oci::testutil::{self, vector_layout, BadImage, Compress, Entry, Layer, Layout};
 use common::{describe_output, kernel_mount_unavailable, root_unavailable, skip};
 use oci_fixture::{
     assert_fsck_clean, cfsctl, fails, field, init, missing_programs, objects, ok, skopeo, Registry,
 };
-
-fn vector_layout(dir: &Path, compress: Compress) -> (Layout, Vec<Layer>) {
-    let layout = Layout::create(&dir.join("oci"));
-    let (l1, l2) = testutil::vector_layers();
-    let layers = vec![Layer::new(l1, compress), Layer::new(l2, compress)];
-    layout.add_image("t", &layers);
-    (layout, layers)
-}
 
 #[test]
 fn oci_vector_pull_gives_the_pinned_ids_and_dump() {
@@ -38,7 +30,7 @@ fn oci_vector_pull_gives_the_pinned_ids_and_dump() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (layout, layers) = vector_layout(dir.path(), Compress::None);
         let repo = init(dir.path(), alg);
-        let image = format!("oci:{}:t", layout.dir.display());
+        let image = layout.reference("t");
         let out = ok(&repo, &["oci", "pull", &image]);
         assert_eq!(field(&out, "verity"), want, "{alg}: {out}");
         assert_eq!(field(&out, "tagged"), image);
@@ -107,37 +99,12 @@ fn oci_gzip_and_zstd_layers_give_the_same_image() {
         let content: Vec<u8> = (0..(i * 10_007)).map(|b| (b ^ i) as u8).collect();
         big_entries.push(Entry::file(&format!("opt/f{i}"), 0o644, 4, &content));
     }
-    let big = testutil::tar(&big_entries);
-    let cases = [
-        ("plain", Compress::None),
-        ("gzip", Compress::Gzip(1)),
-        ("gzip-multi", Compress::Gzip(5)),
-        ("zstd", Compress::Zstd(1)),
-        ("zstd-multi", Compress::Zstd(5)),
-    ];
-    for (tag, c) in cases {
-        layout.add_image(
-            tag,
-            &[
-                Layer::new(l1.clone(), c),
-                Layer::new(big.clone(), c),
-                Layer::new(l2.clone(), c),
-            ],
-        );
-    }
+    layout.add_compressions(&[l1, testutil::tar(&big_entries), l2]);
     let mut ids = BTreeSet::new();
-    for (tag, _) in cases {
+    for (tag, _) in testutil::COMPRESSIONS {
         let sub = dir.path().join(tag);
         let repo = init(&sub, "sha256");
-        let out = ok(
-            &repo,
-            &[
-                "oci",
-                "pull",
-                &format!("oci:{}:{tag}", layout.dir.display()),
-                tag,
-            ],
-        );
+        let out = ok(&repo, &["oci", "pull", &layout.reference(tag), tag]);
         assert!(out.contains("(3 fetched"), "{tag}: {out}");
         ids.insert(field(&out, "verity").to_owned());
         assert_fsck_clean(&repo);
@@ -148,22 +115,16 @@ fn oci_gzip_and_zstd_layers_give_the_same_image() {
 #[test]
 fn oci_repull_fetches_nothing_and_shared_layers_are_stored_once() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let layout = Layout::create(&dir.path().join("oci"));
-    let (l1, l2) = testutil::vector_layers();
-    let base = Layer::new(l1, Compress::Gzip(1));
-    let top = Layer::new(l2, Compress::Gzip(1));
     let unique_content = vec![b'U'; 5000];
     let extra = Layer::new(
         testutil::tar(&[Entry::file("etc/unique", 0o644, 5, &unique_content)]),
         Compress::Zstd(1),
     );
-    layout.add_image("a", &[base.clone(), top.clone()]);
-    layout.add_image("b", &[base, top, extra]);
+    let layout = testutil::shared_layers_layout(dir.path(), extra);
     let repo = init(dir.path(), "sha256");
-    let src = |t: &str| format!("oci:{}:{t}", layout.dir.display());
-    let a = ok(&repo, &["oci", "pull", &src("a"), "a"]);
+    let a = ok(&repo, &["oci", "pull", &layout.reference("a"), "a"]);
     assert!(a.contains("layers 2 (2 fetched, 0 already present)"), "{a}");
-    let again = ok(&repo, &["oci", "pull", &src("a"), "a"]);
+    let again = ok(&repo, &["oci", "pull", &layout.reference("a"), "a"]);
     assert!(
         again.contains("layers 2 (0 fetched, 2 already present)"),
         "{again}"
@@ -172,7 +133,7 @@ fn oci_repull_fetches_nothing_and_shared_layers_are_stored_once() {
     assert_eq!(field(&again, "verity"), field(&a, "verity"));
 
     let before = objects(&repo);
-    let b = ok(&repo, &["oci", "pull", &src("b"), "b"]);
+    let b = ok(&repo, &["oci", "pull", &layout.reference("b"), "b"]);
     assert!(b.contains("layers 3 (1 fetched, 2 already present)"), "{b}");
     assert!(b.contains("objects 1 new (5000 bytes), 0 reused"), "{b}");
     let after = objects(&repo);
@@ -218,19 +179,9 @@ fn oci_root_entry_spellings_give_the_same_image() {
     for (tag, root) in [("none", None), ("dot", Some("./")), ("slash", Some("/"))] {
         let mut entries: Vec<Entry> = root.map(|r| Entry::dir(r, 0o700, 9)).into_iter().collect();
         entries.extend(body());
-        layout.add_image(
-            tag,
-            &[Layer::new(testutil::tar(&entries), Compress::Gzip(1))],
-        );
+        layout.add_image(tag, &[Layer::gzip(&entries)]);
         let repo = init(&dir.path().join(tag), "sha256");
-        let out = ok(
-            &repo,
-            &[
-                "oci",
-                "pull",
-                &format!("oci:{}:{tag}", layout.dir.display()),
-            ],
-        );
+        let out = ok(&repo, &["oci", "pull", &layout.reference(tag)]);
         ids.insert(field(&out, "verity").to_owned());
     }
     assert_eq!(ids.len(), 1, "{ids:?}");
@@ -241,15 +192,7 @@ fn oci_tag_and_untag() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (layout, _) = vector_layout(dir.path(), Compress::Zstd(1));
     let repo = init(dir.path(), "sha512");
-    let out = ok(
-        &repo,
-        &[
-            "oci",
-            "pull",
-            &format!("oci:{}:t", layout.dir.display()),
-            "one",
-        ],
-    );
+    let out = ok(&repo, &["oci", "pull", &layout.reference("t"), "one"]);
     let manifest = field(&out, "manifest");
     ok(&repo, &["oci", "tag", manifest, "library/two"]);
     assert!(repo.join("streams/refs/oci/library%2Ftwo").is_symlink());
@@ -283,78 +226,14 @@ fn oci_tag_and_untag() {
 
 #[test]
 fn oci_bad_layers_fail_naming_layer_and_entry_and_leave_no_tag() {
-    let base = || vec![Entry::dir("usr/", 0o755, 1), Entry::dir("etc/", 0o755, 1)];
-    let layer = |more: Vec<Entry>| {
-        let mut e = base();
-        e.extend(more);
-        Layer::new(testutil::tar(&e), Compress::Gzip(1))
-    };
-    let mut cases: Vec<(&str, Vec<Layer>, Vec<String>)> = Vec::new();
-    let l = layer(vec![Entry::file("etc/../../x", 0o644, 1, b"x")]);
-    cases.push((
-        "dotdot",
-        vec![l.clone()],
-        vec![l.diff_id().to_string(), "etc/../../x".into()],
-    ));
-    let l = layer(vec![Entry::file("/etc/shadow", 0o644, 1, b"x")]);
-    cases.push((
-        "absolute",
-        vec![l.clone()],
-        vec![l.diff_id().to_string(), "/etc/shadow".into()],
-    ));
-    let l1 = layer(vec![Entry::symlink("etc/out", "/", 1)]);
-    let l2 = Layer::new(
-        testutil::tar(&[Entry::file("etc/out/etc/passwd", 0o644, 1, b"root::0:0")]),
-        Compress::Gzip(1),
-    );
-    cases.push((
-        "symlink-escape",
-        vec![l1, l2.clone()],
-        vec![
-            l2.diff_id().to_string(),
-            "etc/out/etc/passwd".into(),
-            "symlink".into(),
-        ],
-    ));
-    let l = layer(vec![Entry::hardlink("etc/hl", "etc/missing")]);
-    cases.push((
-        "hardlink",
-        vec![l.clone()],
-        vec![l.diff_id().to_string(), "etc/hl".into()],
-    ));
-    let mut l = layer(vec![Entry::file("etc/blob", 0o644, 1, &vec![3u8; 100_000])]);
-    l.truncate_to = Some(200);
-    cases.push((
-        "truncated-gzip",
-        vec![l.clone()],
-        vec![l.diff_id().to_string()],
-    ));
-    let mut l = layer(vec![Entry::file("etc/f", 0o644, 1, b"f")]);
-    l.diff_id = Some(cfs_oci::OciDigest::of(
-        cfs_oci::DigestAlgorithm::Sha256,
-        b"other",
-    ));
-    cases.push((
-        "diff-id",
-        vec![l.clone()],
-        vec![l.diff_id().to_string(), "diff_id mismatch".into()],
-    ));
-
-    for (name, layers, want) in cases {
+    for bad in testutil::bad_images() {
+        let name = bad.name;
         let dir = tempfile::tempdir().expect("tempdir");
-        let layout = Layout::create(&dir.path().join("oci"));
-        layout.add_image("bad", &layers);
+        let layout = bad.write(&dir.path().join("oci"));
         let repo = init(dir.path(), "sha256");
-        let err = fails(
-            &repo,
-            &[
-                "oci",
-                "pull",
-                &format!("oci:{}:bad", layout.dir.display()),
-                "bad",
-            ],
-        );
-        for w in &want {
+        let source = layout.reference(BadImage::TAG);
+        let err = fails(&repo, &["oci", "pull", &source, BadImage::TAG]);
+        for w in &bad.want {
             assert!(
                 err.contains(w.as_str()),
                 "{name}: {err:?} should mention {w:?}"
@@ -369,30 +248,6 @@ fn oci_bad_layers_fail_naming_layer_and_entry_and_leave_no_tag() {
         ok(&repo, &["gc"]);
         assert_fsck_clean(&repo);
     }
-
-    // A manifest naming a blob that is not there.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let layout = Layout::create(&dir.path().join("oci"));
-    let l = layer(vec![]);
-    layout.add_image("bad", std::slice::from_ref(&l));
-    let blob = cfs_oci::OciDigest::of(cfs_oci::DigestAlgorithm::Sha256, &testutil::gzip(&l.tar));
-    std::fs::remove_file(layout.blob_path(&blob)).expect("remove blob");
-    let repo = init(dir.path(), "sha256");
-    let err = fails(
-        &repo,
-        &[
-            "oci",
-            "pull",
-            &format!("oci:{}:bad", layout.dir.display()),
-            "bad",
-        ],
-    );
-    assert!(
-        err.contains(&blob.to_string()) && err.contains("missing"),
-        "{err}"
-    );
-    assert_eq!(ok(&repo, &["oci", "images", "--json"]).trim(), "[]");
-    assert_fsck_clean(&repo);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -407,7 +262,7 @@ fn oci_pull_through_skopeo_transports() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let (layout, _) = vector_layout(dir.path(), Compress::Gzip(1));
-    let src = format!("oci:{}:t", layout.dir.display());
+    let src = layout.reference("t");
     let archive = dir.path().join("image.tar");
     let dirdest = dir.path().join("dirimage");
     skopeo(&["copy", &src, &format!("oci-archive:{}", archive.display())]);
@@ -445,15 +300,7 @@ fn oci_pull_from_a_registry() {
     let again = ok(&repo, &["oci", "pull", "--tls-verify=false", &remote]);
     assert!(again.contains("(0 fetched, 2 already present)"), "{again}");
     // The same image from the layout directly lands on the same streams and id.
-    let local = ok(
-        &repo,
-        &[
-            "oci",
-            "pull",
-            &format!("oci:{}:t", layout.dir.display()),
-            "local",
-        ],
-    );
+    let local = ok(&repo, &["oci", "pull", &layout.reference("t"), "local"]);
     assert_eq!(field(&local, "verity"), testutil::VECTOR_ID_SHA256);
     // TLS verification is on by default: a plain-HTTP registry is refused.
     fails(&repo, &["oci", "pull", &remote, "strict"]);
@@ -489,33 +336,32 @@ fn check_mounted_vector(mnt: &Path) {
         .is_none());
 }
 
+/// Pull the vector (stored as `compress`) into a new repository of `algorithm`, mount it with
+/// `cfsctl oci mount MOUNT_ARGS… vec MNT`, check what the mount shows and unmount it.
+fn mount_and_check_vector(compress: Compress, algorithm: &str, mount_args: &[&str]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layout, _) = vector_layout(dir.path(), compress);
+    let repo = init(dir.path(), algorithm);
+    let source = layout.reference("t");
+    ok(&repo, &["oci", "pull", &source, "vec"]);
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let mut args = vec!["oci", "mount"];
+    args.extend(mount_args);
+    args.extend(["vec", mnt.to_str().expect("utf-8")]);
+    ok(&repo, &args);
+    let guard = common::MountGuard::adopt(&mnt);
+    check_mounted_vector(&mnt);
+    drop(guard);
+}
+
 #[test]
 fn mount_oci_image_kernel() {
     if let Some(why) = root_unavailable("mounting").or_else(kernel_mount_unavailable) {
         skip("oci mount (kernel)", &why);
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (layout, _) = vector_layout(dir.path(), Compress::Gzip(1));
-    let repo = init(dir.path(), "sha256");
-    ok(
-        &repo,
-        &[
-            "oci",
-            "pull",
-            &format!("oci:{}:t", layout.dir.display()),
-            "vec",
-        ],
-    );
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    ok(
-        &repo,
-        &["oci", "mount", "vec", mnt.to_str().expect("utf-8")],
-    );
-    let guard = common::MountGuard::adopt(&mnt);
-    check_mounted_vector(&mnt);
-    drop(guard);
+    mount_and_check_vector(Compress::Gzip(1), "sha256", &[]);
 }
 
 #[test]
@@ -528,33 +374,7 @@ fn fuse_oci_image_mount() {
         skip("oci mount --fuse", "/dev/fuse");
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (layout, _) = vector_layout(dir.path(), Compress::Zstd(1));
-    let repo = init(dir.path(), "sha512");
-    ok(
-        &repo,
-        &[
-            "oci",
-            "pull",
-            &format!("oci:{}:t", layout.dir.display()),
-            "vec",
-        ],
-    );
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).expect("mkdir");
-    ok(
-        &repo,
-        &[
-            "oci",
-            "mount",
-            "--fuse",
-            "vec",
-            mnt.to_str().expect("utf-8"),
-        ],
-    );
-    let guard = common::MountGuard::adopt(&mnt);
-    check_mounted_vector(&mnt);
-    drop(guard);
+    mount_and_check_vector(Compress::Zstd(1), "sha512", &["--fuse"]);
 }
 
 /// SIGKILL during pulls, at several moments: the repository stays consistent every time, no tag
@@ -573,10 +393,10 @@ fn oci_pull_killed_at_random_moments_recovers() {
                 .collect();
             entries.push(Entry::file(&format!("usr/l{l}-{i}"), 0o644, 2, &content));
         }
-        layers.push(Layer::new(testutil::tar(&entries), Compress::Gzip(1)));
+        layers.push(Layer::gzip(&entries));
     }
     layout.add_image("big", &layers);
-    let image = format!("oci:{}:big", layout.dir.display());
+    let image = layout.reference("big");
     // The reference result, in a repository of its own.
     let reference = init(&dir.path().join("ref"), "sha256");
     let want = field(&ok(&reference, &["oci", "pull", &image, "big"]), "verity").to_owned();

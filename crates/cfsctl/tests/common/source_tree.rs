@@ -7,10 +7,12 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 use super::{
-    make_block_device, make_char_device, make_fifo, make_socket, pattern, read_node, set_mode,
-    set_mtime, set_owner, set_xattr, Kind,
+    make_block_device, make_char_device, make_fifo, make_socket, pattern, read_node, run_ok,
+    set_mode, set_mtime, set_owner, set_xattr, Kind,
 };
 
 /// One mebibyte.
@@ -325,6 +327,45 @@ pub fn check_source_tree(src: &Path) {
             xattrs.contains_key(name.as_bytes()),
             "source xattrs/file lacks {name}: the host filesystem dropped it"
         );
+    }
+}
+
+/// [`build_source_tree`] at `DIR/src` (checked with [`check_source_tree`]) and its image
+/// `DIR/image.cfs`, made by `mkcomposefs --hardlinks --digest-store=DIR/objects`.
+#[derive(Debug)]
+pub struct SourceImage {
+    /// The source tree.
+    pub src: PathBuf,
+    /// The image.
+    pub image: PathBuf,
+    /// The digest store the image's external files are in.
+    pub objects: PathBuf,
+}
+
+impl SourceImage {
+    /// Build the tree and the image in `dir`. `mkcomposefs` is the command to run: this module
+    /// is shared with crates that do not build the binary.
+    pub fn build(dir: &Path, mut mkcomposefs: Command) -> SourceImage {
+        let src = dir.join("src");
+        let image = dir.join("image.cfs");
+        let objects = dir.join("objects");
+        build_source_tree(&src);
+        check_source_tree(&src);
+        let mut store = OsStr::new("--digest-store=").to_owned();
+        store.push(&objects);
+        run_ok(
+            mkcomposefs
+                .arg("--hardlinks")
+                .arg(store)
+                .arg(&src)
+                .arg(&image),
+            Duration::from_secs(120),
+        );
+        SourceImage {
+            src,
+            image,
+            objects,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! stderr in a file (killed and its mount detached on drop), the readiness wait of FORMATS.md
 //! §8.2 (poll every 20 ms until the mount point's `st_dev` changes, fail early if the server
 //! exits, 30 s budget), the request-counter tables the server prints, a guard for the background
-//! server of `cfsctl mount --fuse`, and reads with time limits.
+//! server of `cfsctl mount --fuse`, reads with time limits, and the images the tests serve.
 //!
 //! Used next to `common` (`mod common; mod fuse_support;`): it reaches the shared helpers as
 //! `crate::common`.
@@ -17,14 +17,14 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rustix::mount::UnmountFlags;
 use rustix::process::{kill_process, Pid, Signal};
 
-use crate::common::{mount_at, root_unavailable, skip};
+use crate::common::{mount_at, root_unavailable, run_ok, skip};
 
 /// How long a server may take to mount (FORMATS.md §8.2: 30 s budget).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -133,6 +133,57 @@ pub fn content_diff(expected: &Path, actual: &Path) -> Option<String> {
         WALK_TIMEOUT,
         move || crate::common::content_difference(&expected, &actual),
     )
+}
+
+/// The number of entries of the directory `dir`, or the first error met listing it.
+pub fn count_entries(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for e in fs::read_dir(dir)? {
+        e?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `mkcomposefs --digest-store=OBJECTS SRC IMAGE`, which must succeed within `timeout`.
+pub fn digest_store_image(src: &Path, image: &Path, objects: &Path, timeout: Duration) {
+    let mut store = OsStr::new("--digest-store=").to_owned();
+    store.push(objects);
+    run_ok(mkcomposefs().arg(store).arg(src).arg(image), timeout);
+}
+
+/// `cfsctl --repo REPO ARGS…`, which must succeed within [`TOOL_TIMEOUT`].
+pub fn in_repo(repo: &Path, args: &[&OsStr]) -> Output {
+    run_ok(cfsctl().arg("--repo").arg(repo).args(args), TOOL_TIMEOUT)
+}
+
+/// An insecure repository at `repo` with digests of `algorithm` (`sha256`, `sha512`) holding
+/// `src` as image `name` (no OCI transform); returns the image file (`images/<id>`).
+pub fn repo_image(repo: &Path, algorithm: &str, src: &Path, name: &str) -> PathBuf {
+    in_repo(
+        repo,
+        &[
+            OsStr::new("init"),
+            OsStr::new("--insecure"),
+            OsStr::new("--algorithm"),
+            OsStr::new(&format!("fsverity-{algorithm}-12")),
+        ],
+    );
+    let out = in_repo(
+        repo,
+        &[
+            OsStr::new("create-image"),
+            OsStr::new("--no-propagate-usr-to-root"),
+            src.as_os_str(),
+            OsStr::new(name),
+        ],
+    );
+    let id = String::from_utf8(out.stdout).expect("image id is text");
+    let id = id.trim();
+    let hex = id.rsplit(':').next().expect("image id");
+    let image = repo.join("images").join(hex);
+    assert!(image.exists(), "no image file {image:?} for id {id}");
+    image
 }
 
 /// The raw OS error of `r`'s error, for comparisons with errno values; panics on success.
