@@ -1,13 +1,15 @@
 //! Importing one layer blob as the splitstream `oci-layer-<diff_id>` (FORMATS.md §5.2).
 //!
 //! The blob is decompressed (gzip, possibly multi-member; zstd, possibly multi-frame; or a
-//! plain tar, told apart by their magic bytes) while the SHA-256 of the uncompressed tar (the
-//! `diff_id`) is computed. The `tar` crate walks the headers; every byte it reads goes through
-//! a [`Tee`] that appends it to the stream as inline data. For a regular file whose body is
-//! larger than 64 bytes, the tee is switched off and the body is streamed straight into the
-//! repository as an object (never held in memory whole); the stream records a reference to it.
-//! Padding, extension headers, end-of-archive blocks and trailing bytes all go inline, so
-//! reassembling the stream gives back the tar byte for byte.
+//! plain tar, told apart by their magic bytes) on a thread of its own, which also computes the
+//! SHA-256 of the uncompressed tar (the `diff_id`) and hands the tar over in pieces. The `tar`
+//! crate walks the headers; every byte it reads goes through a [`Tee`] that appends it to the
+//! stream as inline data. For a regular file whose body is larger than 64 bytes, the tee is
+//! switched off and the body becomes an object: small bodies are hashed here and written by
+//! the repository's background writer ([`ObjectWriter`]), large ones are streamed into the
+//! repository (never held in memory whole); the stream records a reference to it. Padding,
+//! extension headers, end-of-archive blocks and trailing bytes all go inline, so reassembling
+//! the stream gives back the tar byte for byte.
 //!
 //! Why the `tar` crate and not our own parser: it already handles the header formats (GNU long
 //! names, PAX overrides, base-256 numbers, checksums), reads exactly the bytes it needs without

@@ -475,6 +475,32 @@ fn tamper(object: &Path) {
     assert_eq!(fs::read(object).expect("reread").len(), bytes.len());
 }
 
+/// A source directory with `files` (name, content) and its image in a new SHA-256 repository
+/// below `tmp`: returns the source, the repository and the image file.
+fn repo_with_files(tmp: &Path, files: &[(&str, Vec<u8>)]) -> (PathBuf, PathBuf, PathBuf) {
+    let src = make_dir(tmp, "src");
+    for (name, content) in files {
+        fs::write(src.join(name), content).expect("write a source file");
+    }
+    let repo = tmp.join("repo");
+    let image = repo_image(&repo, "sha256", &src, "img");
+    (src, repo, image)
+}
+
+/// `cfsctl --repo REPO fuse-serve [-o OPTS] IMAGE MNT`: objects from the repository.
+fn serve_from_repo(repo: &Path, image: &Path, opts: &str, mnt: &Path, log: &Path) -> Server {
+    let mut args = vec![
+        OsStr::new("--repo"),
+        repo.as_os_str(),
+        OsStr::new("fuse-serve"),
+    ];
+    if !opts.is_empty() {
+        args.extend([OsStr::new("-o"), OsStr::new(opts)]);
+    }
+    args.extend([image.as_os_str(), mnt.as_os_str()]);
+    Server::start(&args, mnt, log)
+}
+
 #[test]
 fn tampered_and_missing_objects_give_eio() {
     if !fuse_available("FUSE verification of objects") {
@@ -482,13 +508,13 @@ fn tampered_and_missing_objects_give_eio() {
     }
     let tmp = test_dir("cfs-fuse-acc-tamper-");
     {
-        let src = make_dir(tmp.path(), "src");
-        for (i, name) in ["tampered", "good", "missing", "other"].iter().enumerate() {
-            fs::write(src.join(name), pattern(i as u64 + 7, 20_000 + i * 1000)).expect("write");
-        }
-        fs::write(src.join("inline"), b"small").expect("write");
-        let repo = tmp.path().join("repo");
-        let image = repo_image(&repo, "sha256", &src, "img");
+        let mut files: Vec<(&str, Vec<u8>)> = ["tampered", "good", "missing", "other"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (*name, pattern(i as u64 + 7, 20_000 + i * 1000)))
+            .collect();
+        files.push(("inline", b"small".to_vec()));
+        let (src, repo, image) = repo_with_files(tmp.path(), &files);
         let dump = image_dump(&image);
         let tampered = object_of(&dump, "tampered");
         let missing = object_of(&dump, "missing");
@@ -498,17 +524,7 @@ fn tampered_and_missing_objects_give_eio() {
         // Objects from the repository (no --objects).
         let mnt = make_dir(tmp.path(), "mnt");
         let log = tmp.path().join("serve.log");
-        let mut server = Server::start(
-            &[
-                OsStr::new("--repo"),
-                repo.as_os_str(),
-                OsStr::new("fuse-serve"),
-                image.as_os_str(),
-                mnt.as_os_str(),
-            ],
-            &mnt,
-            &log,
-        );
+        let mut server = serve_from_repo(&repo, &image, "", &mnt, &log);
         let naming = |server: &Server, object: &str| {
             let text = server.log_text();
             let line = text.lines().find(|l| l.contains(object)).map(str::to_owned);
@@ -555,33 +571,21 @@ fn verify_off_opens_files_without_requests() {
     }
     let tmp = test_dir("cfs-fuse-acc-noopen-");
     {
-        let src = make_dir(tmp.path(), "src");
         let names: Vec<String> = (0..20).map(|i| format!("f{i:02}")).collect();
-        for (i, name) in names.iter().enumerate() {
-            fs::write(src.join(name), pattern(i as u64 + 100, 5_000 + i * 3_000)).expect("write");
-        }
-        fs::write(src.join("inline"), b"tiny").expect("write");
-        fs::write(src.join("gone"), pattern(99, 70_000)).expect("write");
-        let repo = tmp.path().join("repo");
-        let image = repo_image(&repo, "sha256", &src, "img");
+        let mut files: Vec<(&str, Vec<u8>)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), pattern(i as u64 + 100, 5_000 + i * 3_000)))
+            .collect();
+        files.push(("inline", b"tiny".to_vec()));
+        files.push(("gone", pattern(99, 70_000)));
+        let (src, repo, image) = repo_with_files(tmp.path(), &files);
         let gone = object_of(&image_dump(&image), "gone");
         fs::remove_file(repo.join("objects").join(&gone)).expect("remove an object");
 
         let mnt = make_dir(tmp.path(), "mnt");
         let log = tmp.path().join("serve.log");
-        let mut server = Server::start(
-            &[
-                OsStr::new("--repo"),
-                repo.as_os_str(),
-                OsStr::new("fuse-serve"),
-                OsStr::new("-o"),
-                OsStr::new("verify=off"),
-                image.as_os_str(),
-                mnt.as_os_str(),
-            ],
-            &mnt,
-            &log,
-        );
+        let mut server = serve_from_repo(&repo, &image, "verify=off", &mnt, &log);
         let read_all = || {
             for name in names.iter().map(String::as_str).chain(["inline"]) {
                 assert_eq!(
@@ -612,7 +616,8 @@ fn verify_off_opens_files_without_requests() {
         assert_eq!(errno_of(r, "read gone"), eio());
         let text = server.log_text();
         assert!(
-            text.lines().any(|l| l.contains(&gone) && l.contains("missing")),
+            text.lines()
+                .any(|l| l.contains(&gone) && l.contains("missing")),
             "no log line names the missing object {gone}:\n{text}"
         );
         assert!(server.is_running(), "{}", server.log_text());
