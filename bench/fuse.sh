@@ -254,7 +254,7 @@ bench() {
     shift 2
     remount "$cfg" "$t"
     for w in "$@"; do
-        hyperfine --warmup 1 --runs "$runs" --export-json "$work/res/$t.$w.warm.$cfg.json" \
+        hyperfine --warmup 1 --min-runs "$runs" --export-json "$work/res/$t.$w.warm.$cfg.json" \
             -n "$cfg" "$(cmd_of "$w" "$t")" >/dev/null
         progress "$t $w warm $cfg: $(median "$work/res/$t.$w.warm.$cfg.json")"
     done
@@ -464,7 +464,7 @@ print("- Configurations: **kernel** = `cfsctl mount` (EROFS + overlayfs, insecur
       "open per mount); **squashfuse_ll** 0.1.105 on an uncompressed squashfs "
       "(`mksquashfs -noI -noD -noF -noX`).")
 print(f"- Cold: unmount, `echo 3 > /proc/sys/vm/drop_caches`, mount again before every run "
-      f"({cold_runs} runs). Warm: the same mount after one warm-up run ({runs} runs). Times are "
+      f"({cold_runs} runs). Warm: the same mount after one warm-up run (at least {runs} runs, and at least 3 s of them, so the 40 ms warm reads get ~70). Times are "
       "hyperfine's median with min–max; × kernel is the ratio of medians to the kernel mount "
       "(lower is better; for throughput, higher is better).")
 print()

@@ -12,6 +12,8 @@ use cfs_format::transform::{transform_for_oci, XattrPolicy};
 use cfs_format::{dumpfile, fsverity, Algorithm, Tree};
 use cfs_repo::repo::{GcOptions, InitOptions, OpenOptions, Repository};
 use cfs_repo::scan::{self, ContentSink, HashOnly, ScanOptions};
+
+use crate::progress::{CountingSink, PhaseBar};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// composefs: read-only images over a content-addressed object store.
@@ -240,7 +242,10 @@ pub fn main(args: Vec<OsString>) -> Result<ExitCode> {
         Command::CreateImage { path, name, read } => {
             let repo = open_repo(g)?;
             // The repository is the content sink: each file is copied and hashed in one pass.
-            let tree = read_tree(path, read, repo.algorithm(), &repo)?;
+            let sink = CountingSink::new(&repo, "storing files");
+            let tree = read_tree(path, read, repo.algorithm(), &sink);
+            sink.finish();
+            let tree = tree?;
             let image = write_image(&tree, &WriteOptions::exactly(repo.default_format()?))
                 .with_context(|| format!("building the image of {}", path.display()))?;
             let id = repo
@@ -310,12 +315,16 @@ pub fn main(args: Vec<OsString>) -> Result<ExitCode> {
         }
         Command::Gc { roots, dry_run } => {
             let repo = open_repo(g)?;
-            let report = repo
-                .gc(&GcOptions {
+            let bar = PhaseBar::new("gc");
+            let report = repo.gc_with_progress(
+                &GcOptions {
                     dry_run: *dry_run,
                     roots: roots.clone(),
-                })
-                .context("garbage collection")?;
+                },
+                &bar,
+            );
+            bar.finish();
+            let report = report.context("garbage collection")?;
             let mut out = std::io::stdout().lock();
             let verb = if *dry_run { "would remove" } else { "removed" };
             for r in &report.removed {

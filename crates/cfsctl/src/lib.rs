@@ -16,6 +16,7 @@ mod mount;
 mod mount_composefs;
 mod oci;
 mod output;
+mod progress;
 
 /// The personalities of the multi-call binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

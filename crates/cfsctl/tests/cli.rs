@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{run_ok, run_with_timeout};
+use common::{on_a_terminal, run_ok, run_with_timeout};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -379,5 +379,71 @@ fn corrupt_images_are_rejected_cleanly() {
                 "{action} {name}: {err}"
             );
         }
+    }
+}
+
+/// Long operations (`create-image`, `gc`) show progress on a terminal, and nothing on stderr when
+/// it is not one (piped, as here).
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let src = tmp.path().join("src");
+    std::fs::create_dir(&src).expect("mkdir");
+    // Enough files that storing them outlasts the first redraw.
+    for i in 0..3000 {
+        std::fs::write(src.join(format!("f{i}")), format!("{i:>200}")).expect("write");
+    }
+    let repo = tmp.path().join("repo");
+    let p = |s: &str| PathBuf::from(s);
+    run_ok(
+        Command::new(bin("cfsctl"))
+            .arg("--repo")
+            .arg(&repo)
+            .args(["init", "--insecure"]),
+        TIMEOUT,
+    );
+
+    let shown = on_a_terminal(
+        &bin("cfsctl"),
+        &[
+            &p("--repo"),
+            &repo,
+            &p("create-image"),
+            &p("--no-propagate-usr-to-root"),
+            &src,
+            &p("one"),
+        ],
+    );
+    assert!(
+        shown.contains("storing files:"),
+        "no progress shown:\n{shown}"
+    );
+    let shown = on_a_terminal(
+        &bin("cfsctl"),
+        &[&p("--repo"), &repo, &p("gc"), &p("--dry-run")],
+    );
+    assert!(shown.contains("gc:"), "no progress shown:\n{shown}");
+
+    for args in [
+        vec![
+            p("create-image"),
+            p("--no-propagate-usr-to-root"),
+            src.clone(),
+            p("two"),
+        ],
+        vec![p("gc")],
+    ] {
+        let out = run_ok(
+            Command::new(bin("cfsctl"))
+                .arg("--repo")
+                .arg(&repo)
+                .args(&args),
+            TIMEOUT,
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{args:?} wrote to a non-terminal stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

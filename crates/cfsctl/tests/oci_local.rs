@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cfs_oci::testutil::{self, vector_layout, BadImage, Compress, Entry, Layer, Layout};
-use common::{describe_output, kernel_mount_unavailable, root_unavailable, skip};
+use common::{describe_output, kernel_mount_unavailable, on_a_terminal, root_unavailable, skip};
 use oci_fixture::{
     assert_fsck_clean, cfsctl, fails, field, init, missing_programs, objects, ok, skopeo, Registry,
 };
@@ -165,6 +165,46 @@ fn oci_repull_fetches_nothing_and_shared_layers_are_stored_once() {
 /// A layer's root entry may be spelled `./` (umoci repack, GNU tar) or `/` (umoci insert): both
 /// only set the root's metadata, which the `/usr` rule then replaces, so the image id is the
 /// same as with no root entry at all.
+/// A pull shows per-layer progress on a terminal and writes nothing to a stderr that is not one.
+#[test]
+fn oci_pull_shows_progress_on_a_terminal_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let extra = Layer::new(
+        testutil::tar(&[Entry::file("etc/extra", 0o644, 5, &[b'E'; 3000])]),
+        Compress::Gzip(1),
+    );
+    let layout = testutil::shared_layers_layout(dir.path(), extra);
+    let repo = init(dir.path(), "sha256");
+    let p = |s: &str| PathBuf::from(s);
+    let shown = on_a_terminal(
+        Path::new(env!("CARGO_BIN_EXE_cfsctl")),
+        &[
+            &p("--repo"),
+            &repo,
+            &p("oci"),
+            &p("pull"),
+            &p(&layout.reference("a")),
+            &p("a"),
+        ],
+    );
+    assert!(
+        shown.contains("building the image"),
+        "no progress shown:\n{shown}"
+    );
+    assert!(
+        shown.contains("layers 2 (2 fetched"),
+        "no summary:\n{shown}"
+    );
+
+    let out = cfsctl(&repo, &["oci", "pull", &layout.reference("b"), "b"]);
+    assert!(out.status.success(), "{}", describe_output(&out));
+    assert!(
+        out.stderr.is_empty(),
+        "a piped pull wrote to stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn oci_root_entry_spellings_give_the_same_image() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -9,8 +9,9 @@
 //! can never be stored under a wrong name.
 //!
 //! Memory stays bounded: at most [`QUEUE_DEPTH`] objects wait, each at most
-//! [`ObjectWriter::MAX_OBJECT`] bytes; larger contents go through
-//! [`Repository::import_reader`], which streams them.
+//! [`ObjectWriter::MAX_OBJECT`] bytes (64 MiB in all); larger contents go through
+//! [`Repository::import_reader`], which streams them. Only buffers of up to [`RECYCLE_MAX`]
+//! bytes are kept for reuse, so a few large files do not pin their memory.
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
@@ -20,7 +21,10 @@ use cfs_format::Digest;
 use super::{RepoError, Repository};
 
 /// Objects waiting for the writer thread at most.
-const QUEUE_DEPTH: usize = 32;
+const QUEUE_DEPTH: usize = 8;
+
+/// Largest buffer handed back for reuse.
+const RECYCLE_MAX: usize = 1 << 20;
 
 /// What the writer thread stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -47,7 +51,7 @@ pub struct ObjectWriter<'r> {
 impl ObjectWriter<'_> {
     /// Largest content worth queueing whole; above this, stream it with
     /// [`Repository::import_reader`].
-    pub const MAX_OBJECT: usize = 1 << 20;
+    pub const MAX_OBJECT: usize = 8 << 20;
 
     /// An empty buffer to fill with an object's content (recycled when possible).
     pub fn buffer(&mut self) -> Vec<u8> {
@@ -96,8 +100,10 @@ impl Repository {
                             counts.reused += 1;
                             counts.bytes_reused += size;
                         }
-                        // The producer may be gone already; then the buffer is simply freed.
-                        let _ = give_back.send(data);
+                        if data.capacity() <= RECYCLE_MAX {
+                            // The producer may be gone already; then the buffer is simply freed.
+                            let _ = give_back.send(data);
+                        }
                     }
                     Ok::<_, RepoError>(counts)
                 })

@@ -21,6 +21,7 @@ use rustix::io::Errno;
 use serde::Serialize;
 
 use super::{fsutil, RepoError, Repository, Resolved};
+use crate::progress::{NoProgress, Progress};
 use crate::splitstream::{is_splitstream, SplitStream};
 
 /// What to collect.
@@ -176,12 +177,23 @@ impl Repository {
     /// A root that cannot be parsed (a corrupt image or stream) stops the collection with an
     /// error before anything is removed: its references cannot be known.
     pub fn gc(&self, opts: &GcOptions) -> Result<GcReport, RepoError> {
+        self.gc_with_progress(opts, &NoProgress)
+    }
+
+    /// [`gc`](Self::gc), reporting its phases (marking, checking objects, removing) to
+    /// `progress`.
+    pub fn gc_with_progress(
+        &self,
+        opts: &GcOptions,
+        progress: &dyn Progress,
+    ) -> Result<GcReport, RepoError> {
         let _exclusive = if opts.dry_run {
             None
         } else {
             self.ensure_writable()?;
             Some(self.lock_exclusive()?)
         };
+        progress.phase("marking what the roots reach", None);
         let mut marker = Marker {
             repo: self,
             live: HashSet::new(),
@@ -193,6 +205,7 @@ impl Repository {
             if let Resolved::Object(id) = self.resolve(&link)? {
                 marker.image(id, &link)?;
             }
+            progress.advance(1);
         }
         for link in fsutil::walk_symlinks(self.dir(), "streams/refs")
             .map_err(|e| self.io_err("streams/refs", e))?
@@ -200,6 +213,7 @@ impl Repository {
             if let Resolved::Object(id) = self.resolve(&link)? {
                 marker.stream(id, &link)?;
             }
+            progress.advance(1);
         }
         for name in &opts.roots {
             super::validate_leaf_name(name)?;
@@ -222,6 +236,7 @@ impl Repository {
             dry_run: opts.dry_run,
             ..GcReport::default()
         };
+        progress.phase("listing objects", None);
         let listing = self.list_objects()?;
         let present: HashSet<Digest> = listing.objects.iter().map(|o| o.digest).collect();
         // Does this link (chain) still lead to an object after the collection?
@@ -281,7 +296,9 @@ impl Repository {
                 }
             }
         }
+        progress.phase("checking objects", Some(listing.objects.len() as u64));
         for object in &listing.objects {
+            progress.advance(1);
             if !live.contains(&object.digest) {
                 report.removed.push(RemovedItem {
                     kind: RemovedKind::Object,
@@ -313,11 +330,13 @@ impl Repository {
             }
         }
         if !opts.dry_run {
+            progress.phase("removing", Some(report.removed.len() as u64));
             for item in &report.removed {
                 match rustix::fs::unlinkat(self.dir(), item.path.as_str(), AtFlags::empty()) {
                     Ok(()) | Err(Errno::NOENT) => {}
                     Err(e) => return Err(self.io_err(&item.path, e)),
                 }
+                progress.advance(1);
             }
         }
         Ok(report)

@@ -1050,3 +1050,23 @@ pub fn assert_trees_equal(expected_root: &Path, actual_root: &Path, opts: &Compa
         panic!("{msg}");
     }
 }
+
+/// `'…'` for a POSIX shell.
+fn shell_quote(arg: &Path) -> String {
+    format!("'{}'", arg.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Run `program` with `args` under `script(1)`, which gives it a terminal; returns what the
+/// terminal showed (stdout and stderr together). Fails the test if it fails.
+pub fn on_a_terminal(program: &Path, args: &[&Path]) -> String {
+    let mut line = shell_quote(program);
+    for a in args {
+        line.push(' ');
+        line.push_str(&shell_quote(a));
+    }
+    let out = run_ok(
+        Command::new("script").args(["-qec", &line, "/dev/null"]),
+        Duration::from_secs(120),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
