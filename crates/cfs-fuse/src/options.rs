@@ -19,7 +19,8 @@ pub struct FuseOptions {
     /// 6.9+, needs CAP_SYS_ADMIN). Falls back to userspace reads when unavailable.
     pub passthrough: bool,
     /// Check each object's fs-verity digest against the image on its first open (kernel
-    /// measurement when the object has fs-verity, else computed in userspace).
+    /// measurement when the object has fs-verity, else computed in userspace). Off and without
+    /// passthrough, files open without any request to the server (zero-message open).
     pub verify: bool,
     /// Let users other than the mounting one access the mount.
     pub allow_other: bool,
