@@ -298,6 +298,24 @@ impl Tree {
         }
     }
 
+    /// Put `entry` in `parent` under `name`, which must be a valid name not yet taken.
+    fn insert_entry(
+        &mut self,
+        parent: InodeId,
+        name: &[u8],
+        entry: DirEntry,
+    ) -> Result<(), TreeError> {
+        Self::check_name(name)?;
+        let dir = self.dir_mut(parent, name)?;
+        if dir.entries.contains_key(name) {
+            return Err(TreeError::Exists {
+                name: String::from_utf8_lossy(name).into_owned(),
+            });
+        }
+        dir.entries.insert(name.into(), entry);
+        Ok(())
+    }
+
     /// Add a new inode under `parent` as its canonical name.
     pub fn add(
         &mut self,
@@ -305,44 +323,32 @@ impl Tree {
         name: &[u8],
         inode: Inode,
     ) -> Result<InodeId, TreeError> {
-        Self::check_name(name)?;
         let id = InodeId(self.inodes.len() as u32);
-        let dir = self.dir_mut(parent, name)?;
-        if dir.entries.contains_key(name) {
-            return Err(TreeError::Exists {
-                name: String::from_utf8_lossy(name).into_owned(),
-            });
-        }
-        dir.entries.insert(
-            name.into(),
+        self.insert_entry(
+            parent,
+            name,
             DirEntry {
                 inode: id,
                 hardlink: false,
             },
-        );
+        )?;
         self.inodes.push(inode);
         Ok(id)
     }
 
     /// Add another name for an existing non-directory inode.
     pub fn link(&mut self, parent: InodeId, name: &[u8], target: InodeId) -> Result<(), TreeError> {
-        Self::check_name(name)?;
         if self.inodes[target.index()].kind.is_dir() {
             return Err(TreeError::DirectoryHardlink);
         }
-        let dir = self.dir_mut(parent, name)?;
-        if dir.entries.contains_key(name) {
-            return Err(TreeError::Exists {
-                name: String::from_utf8_lossy(name).into_owned(),
-            });
-        }
-        dir.entries.insert(
-            name.into(),
+        self.insert_entry(
+            parent,
+            name,
             DirEntry {
                 inode: target,
                 hardlink: true,
             },
-        );
+        )?;
         Ok(())
     }
 
