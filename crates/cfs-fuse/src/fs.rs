@@ -359,6 +359,11 @@ impl ComposefsFs {
     /// A READ of a file the kernel opened without asking (zero-message open): find where the
     /// data lives now.
     fn read_unopened(&self, ino: INodeNo, offset: u64, size: usize, reply: ReplyData) {
+        // The usual case, a file read in many requests: its object is open already, and the
+        // inode need not be parsed again.
+        if let Some(obj) = self.recent.find(ino.0) {
+            return self.read_object(ino, &obj, offset, size, reply);
+        }
         let object = match self.object_of(ino) {
             Ok(Some(object)) => object,
             Ok(None) => return self.read_image(ino, offset, size, reply),

@@ -330,7 +330,8 @@ impl RecentObjects {
         Ok(obj)
     }
 
-    fn find(&self, ino: u64) -> Option<Arc<OpenObject>> {
+    /// The open object of `ino`, if it is recent.
+    pub(crate) fn find(&self, ino: u64) -> Option<Arc<OpenObject>> {
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         slots
             .entries

@@ -11,9 +11,13 @@ use cfs_format::Algorithm;
 use cfs_repo::scan::ContentSink;
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
 
-/// Is stderr a terminal, i.e. is anybody watching?
-pub fn on_terminal() -> bool {
-    std::io::stderr().is_terminal()
+/// A spinner on stderr when it is a terminal (somebody is watching), else a hidden bar.
+fn stderr_bar() -> ProgressBar {
+    if std::io::stderr().is_terminal() {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    }
 }
 
 /// A bar on stderr (hidden when stderr is not a terminal) that follows a library operation's
@@ -27,11 +31,7 @@ pub struct PhaseBar {
 impl PhaseBar {
     /// A bar for the operation `label` (shown in front of each phase).
     pub fn new(label: &str) -> PhaseBar {
-        let bar = if on_terminal() {
-            ProgressBar::new_spinner()
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = stderr_bar();
         let counted = ProgressStyle::with_template(&format!(
             "{label}: {{msg}} [{{bar:24}}] {{pos}}/{{len}} {{elapsed}}"
         ))
@@ -84,11 +84,7 @@ pub struct CountingSink<'a> {
 impl<'a> CountingSink<'a> {
     /// Count what goes to `inner`, labelled `label`.
     pub fn new(inner: &'a dyn ContentSink, label: &str) -> CountingSink<'a> {
-        let bar = if on_terminal() {
-            ProgressBar::new_spinner()
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = stderr_bar();
         let style = ProgressStyle::with_template(&format!(
             "{label}: {{spinner}} {{pos}} files, {{msg}} {{elapsed}}"
         ))
