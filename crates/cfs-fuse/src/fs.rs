@@ -4,10 +4,10 @@
 use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use cfs_format::erofs::reader::{
@@ -15,24 +15,53 @@ use cfs_format::erofs::reader::{
 };
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
-    Request,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
+use rustix::fs::OFlags;
 
 use crate::attr::{self, InoMap, BLOCK_SIZE, ROOT_INO};
 use crate::counters::{Counters, Op};
 use crate::mmap::ImageMap;
-use crate::objects::{ObjectError, ObjectRef, ObjectStore, OpenObject, OpenTable, RecentObjects};
+use crate::objects::{
+    Backing, ObjectError, ObjectRef, ObjectStore, OpenObject, OpenTable, RecentObjects,
+};
 
 /// Entry and attribute timeout: the image never changes, so "forever" (about 31 years; the
 /// kernel clamps it to what jiffies can express).
-const TTL: Duration = Duration::from_secs(1_000_000_000);
+pub(crate) const TTL: Duration = Duration::from_secs(1_000_000_000);
 
 /// File handle of files served from the image (inline data, sparse files).
 const FH_IMAGE: u64 = 1;
 /// File handle of files served from an object (see [`OpenTable`]).
 const FH_OBJECT: u64 = 2;
+
+/// The answer to an OPEN or OPENDIR.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opened {
+    pub(crate) fh: u64,
+    pub(crate) flags: FopenFlags,
+    /// The passthrough backing id (the reply then carries FOPEN_PASSTHROUGH).
+    pub(crate) backing: Option<u32>,
+}
+
+/// The answer to a STATFS.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Statfs {
+    pub(crate) blocks: u64,
+    pub(crate) files: u64,
+    pub(crate) bsize: u32,
+    pub(crate) namelen: u32,
+}
+
+/// The answer to a GETXATTR or LISTXATTR that succeeds.
+#[derive(Debug)]
+pub(crate) enum XattrAnswer<'a> {
+    /// The size of the value, for a size-0 probe.
+    Size(u32),
+    /// The value.
+    Data(&'a [u8]),
+}
 
 /// Largest READ we answer in one piece (the kernel never asks for more than max_pages pages,
 /// at most 256 pages = 1 MiB by default; fuser's buffer holds 16 MiB).
@@ -86,11 +115,18 @@ pub(crate) struct ComposefsFs {
     /// `max_stack_depth` for passthrough: 2 when the objects live on a stacked filesystem.
     stack_depth: u32,
     /// The kernel handles directories without OPENDIR/RELEASEDIR once told so (ENOSYS).
-    no_opendir: bool,
+    no_opendir: AtomicBool,
     /// The kernel opens files without OPEN/RELEASE once told so (ENOSYS); see `init`.
-    no_open: bool,
+    no_open: AtomicBool,
     /// Objects opened for READs that come without an OPEN (zero-message open).
     recent: RecentObjects,
+    /// Whether FUSE over io_uring was requested.
+    want_uring: bool,
+    /// Whether the kernel agreed to FUSE over io_uring at INIT.
+    uring: AtomicBool,
+    /// The connection's `/dev/fuse`, for registering passthrough backing files; set once the
+    /// handshake is done, before any OPEN can arrive.
+    dev_fuse: OnceLock<Arc<OwnedFd>>,
 }
 
 impl ComposefsFs {
@@ -101,6 +137,7 @@ impl ComposefsFs {
         objects: ObjectStore,
         counters: Arc<Counters>,
         want_passthrough: bool,
+        want_uring: bool,
         stack_depth: u32,
     ) -> Self {
         ComposefsFs {
@@ -112,13 +149,26 @@ impl ComposefsFs {
             want_passthrough,
             passthrough: AtomicBool::new(false),
             stack_depth,
-            no_opendir: false,
-            no_open: false,
+            no_opendir: AtomicBool::new(false),
+            no_open: AtomicBool::new(false),
             recent: RecentObjects::default(),
+            want_uring,
+            uring: AtomicBool::new(false),
+            dev_fuse: OnceLock::new(),
         }
     }
 
-    fn hit(&self, op: Op) {
+    /// Hand over the connection's `/dev/fuse` once the handshake is done.
+    pub(crate) fn set_dev_fuse(&self, dev: Arc<OwnedFd>) {
+        let _ = self.dev_fuse.set(dev);
+    }
+
+    /// Whether the kernel agreed to FUSE over io_uring.
+    pub(crate) fn uses_uring(&self) -> bool {
+        self.uring.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn hit(&self, op: Op) {
         self.counters.hit(op);
     }
 
@@ -226,30 +276,39 @@ impl ComposefsFs {
         Ok(())
     }
 
-    fn do_open(&self, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY {
-            return reply.error(Errno::EROFS);
+    fn open_file(&self, ino: INodeNo, flags: i32) -> Result<Opened, Errno> {
+        if flags & libc_accmode() != rustix::fs::OFlags::RDONLY.bits() as i32 {
+            return Err(Errno::EROFS);
         }
-        // Fast path: the inode's object is already open (and verified).
+        // Fast path: the inode's object is already open (and verified), or kept.
         if let Some(obj) = self.open.reopen(ino.0) {
-            return self.reply_object(reply, &obj);
+            return Ok(opened_object(&obj));
         }
-        let object = match self.object_of(ino) {
-            Ok(Some(object)) => object,
-            Ok(None) => return reply.opened(FileHandle(FH_IMAGE), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => return reply.error(e),
+        let Some(object) = self.object_of(ino)? else {
+            return Ok(Opened {
+                fh: FH_IMAGE,
+                flags: FopenFlags::FOPEN_KEEP_CACHE,
+                backing: None,
+            });
         };
-        let file = match self.objects.open(&object) {
-            Ok(file) => file,
-            Err(e) => {
-                log_object_error(ino.0, &e);
-                return reply.error(Errno::EIO);
-            }
-        };
+        let file = self.objects.open(&object).map_err(|e| {
+            log_object_error(ino.0, &e);
+            Errno::EIO
+        })?;
         let obj = self.open.insert_with(ino.0, || {
-            let backing = if self.passthrough.load(Ordering::Relaxed) {
-                match reply.open_backing(file.as_fd()) {
-                    Ok(id) => Some(id),
+            if self.passthrough.load(Ordering::Relaxed) {
+                let registered = match self.dev_fuse.get() {
+                    Some(dev) => Backing::open(dev, file.as_fd()),
+                    None => Err(io::Error::other("no /dev/fuse to register it with")),
+                };
+                match registered {
+                    // The kernel holds its own reference to the file now.
+                    Ok(backing) => {
+                        return OpenObject {
+                            file: None,
+                            backing: Some(backing),
+                        }
+                    }
                     Err(e) => {
                         if self.passthrough.swap(false, Ordering::Relaxed) {
                             log::warn!(
@@ -257,22 +316,15 @@ impl ComposefsFs {
                                  serving reads in userspace"
                             );
                         }
-                        None
                     }
                 }
-            } else {
-                None
-            };
-            OpenObject { file, backing }
+            }
+            OpenObject {
+                file: Some(file),
+                backing: None,
+            }
         });
-        self.reply_object(reply, &obj);
-    }
-
-    fn reply_object(&self, reply: ReplyOpen, obj: &OpenObject) {
-        match &obj.backing {
-            Some(id) => reply.opened_passthrough(FileHandle(FH_OBJECT), FopenFlags::empty(), id),
-            None => reply.opened(FileHandle(FH_OBJECT), FopenFlags::FOPEN_KEEP_CACHE),
-        }
+        Ok(opened_object(&obj))
     }
 
     /// The object behind an external regular file, `None` for files served from the image.
@@ -301,7 +353,13 @@ impl ComposefsFs {
         }
     }
 
-    fn read_image(&self, ino: INodeNo, offset: u64, size: usize, reply: ReplyData) {
+    fn read_image(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        size: usize,
+        answer: impl FnOnce(Result<&[u8], Errno>),
+    ) {
         let data = (|| {
             let image = self.image()?;
             let inode = self.inode(&image, ino)?;
@@ -317,7 +375,7 @@ impl ComposefsFs {
             Ok((Some(RegularData::Inline(data)), _)) => {
                 let len = data.len();
                 if offset >= len {
-                    return reply.data(&[]);
+                    return answer(Ok(&[]));
                 }
                 let want = size.min(usize::try_from(len - offset).unwrap_or(usize::MAX));
                 // One piece: reply straight from the mapping.
@@ -336,10 +394,10 @@ impl ComposefsFs {
                 };
                 self.counters.add_read_bytes(want as u64);
                 match slice {
-                    Some(s) => reply.data(s),
+                    Some(s) => answer(Ok(s)),
                     None => with_read_buf(want, |buf| {
                         let n = data.read_at(offset, buf);
-                        reply.data(buf.get(..n).unwrap_or_default());
+                        answer(Ok(buf.get(..n).unwrap_or_default()));
                     }),
                 }
             }
@@ -348,26 +406,32 @@ impl ComposefsFs {
                 self.counters.add_read_bytes(want as u64);
                 with_read_buf(want, |buf| {
                     buf.fill(0);
-                    reply.data(buf);
+                    answer(Ok(buf));
                 });
             }
-            Ok(_) => reply.error(Errno::EIO),
-            Err(e) => reply.error(e),
+            Ok(_) => answer(Err(Errno::EIO)),
+            Err(e) => answer(Err(e)),
         }
     }
 
     /// A READ of a file the kernel opened without asking (zero-message open): find where the
     /// data lives now.
-    fn read_unopened(&self, ino: INodeNo, offset: u64, size: usize, reply: ReplyData) {
+    fn read_unopened(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        size: usize,
+        answer: impl FnOnce(Result<&[u8], Errno>),
+    ) {
         // The usual case, a file read in many requests: its object is open already, and the
         // inode need not be parsed again.
         if let Some(obj) = self.recent.find(ino.0) {
-            return self.read_object(ino, &obj, offset, size, reply);
+            return self.read_object(ino, &obj, offset, size, answer);
         }
         let object = match self.object_of(ino) {
             Ok(Some(object)) => object,
-            Ok(None) => return self.read_image(ino, offset, size, reply),
-            Err(e) => return reply.error(e),
+            Ok(None) => return self.read_image(ino, offset, size, answer),
+            Err(e) => return answer(Err(e)),
         };
         let obj = self.recent.get_or_open(ino.0, || {
             self.objects.open(&object).map_err(|e| {
@@ -376,8 +440,8 @@ impl ComposefsFs {
             })
         });
         match obj {
-            Ok(obj) => self.read_object(ino, &obj, offset, size, reply),
-            Err(e) => reply.error(e),
+            Ok(obj) => self.read_object(ino, &obj, offset, size, answer),
+            Err(e) => answer(Err(e)),
         }
     }
 
@@ -387,45 +451,58 @@ impl ComposefsFs {
         obj: &OpenObject,
         offset: u64,
         size: usize,
-        reply: ReplyData,
+        answer: impl FnOnce(Result<&[u8], Errno>),
     ) {
+        let Some(file) = &obj.file else {
+            log::warn!("READ of inode {} without an open object", ino.0);
+            return answer(Err(Errno::EIO));
+        };
         with_read_buf(size, |buf| {
             let mut done = 0;
             while done < buf.len() {
                 let Some(rest) = buf.get_mut(done..) else {
                     break;
                 };
-                match rustix::io::pread(&obj.file, rest, offset + done as u64) {
+                match rustix::io::pread(file, rest, offset + done as u64) {
                     Ok(0) => break,
                     Ok(n) => done += n,
                     Err(rustix::io::Errno::INTR) => continue,
                     Err(e) => {
                         log::warn!("reading the object of inode {}: {e}", ino.0);
-                        return reply.error(Errno::EIO);
+                        return answer(Err(Errno::EIO));
                     }
                 }
             }
             self.counters.add_read_bytes(done as u64);
-            reply.data(buf.get(..done).unwrap_or_default());
+            answer(Ok(buf.get(..done).unwrap_or_default()));
         });
     }
 
-    fn do_xattr(
+    fn xattr<R>(
         &self,
         ino: INodeNo,
         size: u32,
-        reply: ReplyXattr,
         value: impl FnOnce(&InodeRef<'_>) -> Result<Option<Vec<u8>>, ReadError>,
-    ) {
+        answer: impl FnOnce(Result<XattrAnswer<'_>, Errno>) -> R,
+    ) -> R {
         let result = (|| {
             let image = self.image()?;
             let inode = self.inode(&image, ino)?;
             value(&inode).map_err(|e| damaged(&format!("xattrs of inode {}", ino.0), e))
         })();
         match result {
-            Ok(Some(v)) => reply_xattr(reply, size, &v),
-            Ok(None) => reply.error(enodata()),
-            Err(e) => reply.error(e),
+            Ok(Some(v)) => {
+                let len = u32::try_from(v.len()).unwrap_or(u32::MAX);
+                if size == 0 {
+                    answer(Ok(XattrAnswer::Size(len)))
+                } else if len > size {
+                    answer(Err(Errno::ERANGE))
+                } else {
+                    answer(Ok(XattrAnswer::Data(&v)))
+                }
+            }
+            Ok(None) => answer(Err(enodata())),
+            Err(e) => answer(Err(e)),
         }
     }
 }
@@ -440,15 +517,23 @@ fn log_object_error(ino: u64, e: &ObjectError) {
     log::error!("inode {ino}: {e}; failing the open with EIO");
 }
 
-/// Answer a getxattr/listxattr: the size for a size-0 probe, ERANGE when the buffer is small.
-fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
-    let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
-    if size == 0 {
-        reply.size(len);
-    } else if len > size {
-        reply.error(Errno::ERANGE);
-    } else {
-        reply.data(value);
+/// The access mode bits of open flags.
+fn libc_accmode() -> i32 {
+    rustix::fs::OFlags::ACCMODE.bits() as i32
+}
+
+fn opened_object(obj: &OpenObject) -> Opened {
+    match &obj.backing {
+        Some(backing) => Opened {
+            fh: FH_OBJECT,
+            flags: FopenFlags::empty(),
+            backing: Some(backing.id()),
+        },
+        None => Opened {
+            fh: FH_OBJECT,
+            flags: FopenFlags::FOPEN_KEEP_CACHE,
+            backing: None,
+        },
     }
 }
 
@@ -468,13 +553,19 @@ pub(crate) fn xattr_value(inode: &InodeRef<'_>, name: &[u8]) -> Result<Option<Ve
     Ok(inode.node()?.xattr(name)?.map(<[u8]>::to_vec))
 }
 
-impl fuser::Filesystem for ComposefsFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+/// The requests, independent of how they arrive (`/dev/fuse` through fuser, or the io_uring
+/// queues of [`crate::uring`]). Each counts itself.
+impl ComposefsFs {
+    /// Negotiate at INIT; see the comments inside for what and why.
+    pub(crate) fn init(&self, config: &mut KernelConfig) {
         // Zero-message opendir: answering the first OPENDIR with ENOSYS makes the kernel skip
         // OPENDIR and RELEASEDIR from then on, caching directories as with FOPEN_CACHE_DIR.
-        self.no_opendir = config
-            .capabilities()
-            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        self.no_opendir.store(
+            config
+                .capabilities()
+                .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT),
+            Ordering::Relaxed,
+        );
         // READDIRPLUS always, deliberately without READDIRPLUS_AUTO: with AUTO the kernel asks
         // for attributes only in a directory's first batch (or after lookups), so `find` over a
         // large directory costs one LOOKUP per entry (measured: 3036 requests for 6102 entries
@@ -513,70 +604,271 @@ impl fuser::Filesystem for ComposefsFs {
                 self.passthrough.store(true, Ordering::Relaxed);
             }
         }
+        if self.want_uring {
+            if config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+            {
+                self.uring.store(true, Ordering::Relaxed);
+            } else {
+                log::warn!(
+                    "io_uring unavailable: the kernel does not offer FUSE_OVER_IO_URING (Linux \
+                     6.14+ with CONFIG_FUSE_IO_URING, and /sys/module/fuse/parameters/\
+                     enable_uring set to Y); serving through /dev/fuse"
+                );
+            }
+        }
         // Zero-message open, when there is nothing to do at open: no backing file to register
         // (passthrough) and no digest to check (verify=off). The kernel then opens files by
         // itself, keeping their page cache, and a warm read costs no request at all. A missing
         // object is reported by the first READ instead of the open.
-        self.no_open = !self.passthrough.load(Ordering::Relaxed)
-            && !self.objects.verifies()
-            && config
-                .capabilities()
-                .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        self.no_open.store(
+            !self.passthrough.load(Ordering::Relaxed)
+                && !self.objects.verifies()
+                && config
+                    .capabilities()
+                    .contains(InitFlags::FUSE_NO_OPEN_SUPPORT),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub(crate) fn lookup(&self, parent: u64, name: &[u8]) -> Result<FileAttr, Errno> {
+        self.hit(Op::Lookup);
+        self.do_lookup(INodeNo(parent), OsStr::from_bytes(name))
+    }
+
+    pub(crate) fn forget(&self, count: u64) {
+        // Inodes live as long as the image: nothing to forget.
+        for _ in 0..count {
+            self.hit(Op::Forget);
+        }
+    }
+
+    pub(crate) fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        self.hit(Op::Getattr);
+        let image = self.image()?;
+        attr::attr_for_ino(&image, &self.inos, ino)
+            .map_err(|e| damaged(&format!("inode {ino}"), e))?
+            .ok_or(Errno::ENOENT)
+    }
+
+    pub(crate) fn readlink<R>(&self, ino: u64, answer: impl FnOnce(Result<&[u8], Errno>) -> R) -> R {
+        self.hit(Op::Readlink);
+        let result = self.image().and_then(|image| {
+            let inode = self.inode(&image, INodeNo(ino))?;
+            if inode.file_type() != FileType::Symlink {
+                return Err(Errno::EINVAL);
+            }
+            inode
+                .symlink_target()
+                .map_err(|e| damaged(&format!("symlink {ino}"), e))
+                .map(|t| t.into_owned())
+        });
+        match result {
+            Ok(target) => answer(Ok(&target)),
+            Err(e) => answer(Err(e)),
+        }
+    }
+
+    pub(crate) fn open(&self, ino: u64, flags: i32) -> Result<Opened, Errno> {
+        self.hit(Op::Open);
+        let read_only = flags & libc_accmode() == OFlags::RDONLY.bits() as i32;
+        if self.no_open.load(Ordering::Relaxed) && read_only {
+            // The kernel takes this as success, keeps the page cache, and sends no more OPEN
+            // or RELEASE for files (the mount is read-only, so no open for writing gets here).
+            return Err(Errno::ENOSYS);
+        }
+        self.open_file(INodeNo(ino), flags)
+    }
+
+    pub(crate) fn read(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        answer: impl FnOnce(Result<&[u8], Errno>),
+    ) {
+        self.hit(Op::Read);
+        let ino = INodeNo(ino);
+        let size = (size as usize).min(MAX_READ);
+        match fh {
+            FH_OBJECT => match self.open.get(ino.0) {
+                Some(obj) if obj.file.is_some() => {
+                    self.read_object(ino, &obj, offset, size, answer)
+                }
+                // A passthrough file whose READ still reached us: the kernel holds the object,
+                // not us, so open it for this read.
+                Some(_) => self.read_unopened(ino, offset, size, answer),
+                None => {
+                    log::warn!("READ of inode {} without an open object", ino.0);
+                    answer(Err(Errno::EIO))
+                }
+            },
+            FH_IMAGE => self.read_image(ino, offset, size, answer),
+            _ => self.read_unopened(ino, offset, size, answer),
+        }
+    }
+
+    pub(crate) fn release(&self, ino: u64, fh: u64) {
+        self.hit(Op::Release);
+        if fh == FH_OBJECT {
+            self.open.release(ino);
+        }
+    }
+
+    pub(crate) fn opendir(&self, ino: u64) -> Result<Opened, Errno> {
+        self.hit(Op::Opendir);
+        if self.no_opendir.load(Ordering::Relaxed) {
+            return Err(Errno::ENOSYS);
+        }
+        let image = self.image()?;
+        if !self.inode(&image, INodeNo(ino))?.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        Ok(Opened {
+            fh: 0,
+            flags: FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            backing: None,
+        })
+    }
+
+    /// READDIR: `add(ino, cookie, kind, name)` for each entry from `offset` until it returns
+    /// true (buffer full).
+    pub(crate) fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, fuser::FileType, &[u8]) -> bool,
+    ) -> Result<(), Errno> {
+        self.hit(Op::Readdir);
+        self.walk_dir(INodeNo(ino), offset, |child_ino, cookie, name, inode| {
+            let kind = attr::presented_type(inode)
+                .map_err(|e| damaged(&format!("inode {child_ino}"), e))?;
+            Ok(add(child_ino, cookie, attr::fuse_kind(kind), name))
+        })
+    }
+
+    /// READDIRPLUS: `add(cookie, name, attr)` for each entry from `offset` until it returns
+    /// true (buffer full).
+    pub(crate) fn readdirplus(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &[u8], &FileAttr) -> bool,
+    ) -> Result<(), Errno> {
+        self.hit(Op::Readdirplus);
+        self.walk_dir(INodeNo(ino), offset, |child_ino, cookie, name, inode| {
+            let attr = self.attr(child_ino, inode)?;
+            Ok(add(cookie, name, &attr))
+        })
+    }
+
+    pub(crate) fn releasedir(&self) {
+        self.hit(Op::Releasedir);
+    }
+
+    pub(crate) fn statfs(&self) -> Result<Statfs, Errno> {
+        self.hit(Op::Statfs);
+        let image = self.image()?;
+        Ok(Statfs {
+            blocks: u64::from(image.blocks()),
+            files: image.inos(),
+            bsize: BLOCK_SIZE,
+            namelen: 255,
+        })
+    }
+
+    pub(crate) fn getxattr<R>(
+        &self,
+        ino: u64,
+        name: &[u8],
+        size: u32,
+        answer: impl FnOnce(Result<XattrAnswer<'_>, Errno>) -> R,
+    ) -> R {
+        self.hit(Op::Getxattr);
+        self.xattr(INodeNo(ino), size, |inode| xattr_value(inode, name), answer)
+    }
+
+    pub(crate) fn listxattr<R>(
+        &self,
+        ino: u64,
+        size: u32,
+        answer: impl FnOnce(Result<XattrAnswer<'_>, Errno>) -> R,
+    ) -> R {
+        self.hit(Op::Listxattr);
+        self.xattr(
+            INodeNo(ino),
+            size,
+            |inode| xattr_names(inode).map(Some),
+            answer,
+        )
+    }
+
+    /// ACCESS (only asked without default_permissions; the mount is read-only).
+    pub(crate) fn access(&self, mask: i32) -> Result<(), Errno> {
+        self.hit(Op::Other);
+        if mask & rustix::fs::Access::WRITE_OK.bits() as i32 != 0 {
+            Err(Errno::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Requests answered with a fixed error: FLUSH, POLL and LSEEK get ENOSYS, which the kernel
+    /// remembers (no FLUSH round trip per close(), files always ready, the generic lseek), IOCTL
+    /// gets ENOTTY, anything that would write EROFS, anything unknown ENOSYS.
+    pub(crate) fn refuse(&self, errno: Errno) -> Errno {
+        self.hit(Op::Other);
+        errno
+    }
+}
+
+/// The fuser side: requests read from `/dev/fuse` by fuser's workers.
+#[derive(Debug)]
+pub(crate) struct FuserFs(pub(crate) Arc<ComposefsFs>);
+
+impl fuser::Filesystem for FuserFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        self.0.init(config);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.hit(Op::Lookup);
-        match self.do_lookup(parent, name) {
+        match self.0.lookup(parent.0, name.as_bytes()) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
-        // Inodes live as long as the image: nothing to forget.
-        self.hit(Op::Forget);
+        self.0.forget(1);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.hit(Op::Getattr);
-        let result = self.image().and_then(|image| {
-            attr::attr_for_ino(&image, &self.inos, ino.0)
-                .map_err(|e| damaged(&format!("inode {}", ino.0), e))?
-                .ok_or(Errno::ENOENT)
-        });
-        match result {
+        match self.0.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.hit(Op::Readlink);
-        let result = self.image().and_then(|image| {
-            let inode = self.inode(&image, ino)?;
-            if inode.file_type() != FileType::Symlink {
-                return Err(Errno::EINVAL);
-            }
-            inode
-                .symlink_target()
-                .map_err(|e| damaged(&format!("symlink {}", ino.0), e))
-                .map(|t| t.into_owned())
-        });
-        match result {
-            Ok(target) => reply.data(&target),
+        self.0.readlink(ino.0, |r| match r {
+            Ok(target) => reply.data(target),
             Err(e) => reply.error(e),
-        }
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.hit(Op::Open);
-        if self.no_open && flags.acc_mode() == OpenAccMode::O_RDONLY {
-            // The kernel takes this as success, keeps the page cache, and sends no more OPEN
-            // or RELEASE for files (the mount is read-only, so no open for writing gets here).
-            return reply.error(Errno::ENOSYS);
+        match self.0.open(ino.0, flags.0) {
+            Ok(Opened {
+                fh,
+                flags,
+                backing: Some(id),
+            }) => crate::sys::reply_passthrough(reply, FileHandle(fh), flags, id),
+            Ok(Opened { fh, flags, .. }) => reply.opened(FileHandle(fh), flags),
+            Err(e) => reply.error(e),
         }
-        self.do_open(ino, flags, reply);
     }
 
     fn read(
@@ -590,19 +882,10 @@ impl fuser::Filesystem for ComposefsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.hit(Op::Read);
-        let size = (size as usize).min(MAX_READ);
-        match fh.0 {
-            FH_OBJECT => match self.open.get(ino.0) {
-                Some(obj) => self.read_object(ino, &obj, offset, size, reply),
-                None => {
-                    log::warn!("READ of inode {} without an open object", ino.0);
-                    reply.error(Errno::EIO)
-                }
-            },
-            FH_IMAGE => self.read_image(ino, offset, size, reply),
-            _ => self.read_unopened(ino, offset, size, reply),
-        }
+        self.0.read(ino.0, fh.0, offset, size, |r| match r {
+            Ok(data) => reply.data(data),
+            Err(e) => reply.error(e),
+        });
     }
 
     fn flush(
@@ -613,10 +896,7 @@ impl fuser::Filesystem for ComposefsFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // Nothing is ever written, so there is nothing to flush: ENOSYS once makes the kernel
-        // stop sending FLUSH, which would otherwise cost a synchronous round trip per close().
-        self.hit(Op::Other);
-        reply.error(Errno::ENOSYS);
+        reply.error(self.0.refuse(Errno::ENOSYS));
     }
 
     fn release(
@@ -629,31 +909,13 @@ impl fuser::Filesystem for ComposefsFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.hit(Op::Release);
-        if fh.0 == FH_OBJECT {
-            self.open.release(ino.0);
-        }
+        self.0.release(ino.0, fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.hit(Op::Opendir);
-        if self.no_opendir {
-            return reply.error(Errno::ENOSYS);
-        }
-        let result = self.image().and_then(|image| {
-            let inode = self.inode(&image, ino)?;
-            if inode.is_dir() {
-                Ok(())
-            } else {
-                Err(Errno::ENOTDIR)
-            }
-        });
-        match result {
-            Ok(()) => reply.opened(
-                FileHandle(0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+        match self.0.opendir(ino.0) {
+            Ok(o) => reply.opened(FileHandle(o.fh), o.flags),
             Err(e) => reply.error(e),
         }
     }
@@ -666,16 +928,8 @@ impl fuser::Filesystem for ComposefsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.hit(Op::Readdir);
-        let result = self.walk_dir(ino, offset, |child_ino, cookie, name, inode| {
-            let kind = attr::presented_type(inode)
-                .map_err(|e| damaged(&format!("inode {child_ino}"), e))?;
-            Ok(reply.add(
-                INodeNo(child_ino),
-                cookie,
-                attr::fuse_kind(kind),
-                OsStr::from_bytes(name),
-            ))
+        let result = self.0.readdir(ino.0, offset, |child, cookie, kind, name| {
+            reply.add(INodeNo(child), cookie, kind, OsStr::from_bytes(name))
         });
         match result {
             Ok(()) => reply.ok(),
@@ -691,17 +945,15 @@ impl fuser::Filesystem for ComposefsFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.hit(Op::Readdirplus);
-        let result = self.walk_dir(ino, offset, |child_ino, cookie, name, inode| {
-            let attr = self.attr(child_ino, inode)?;
-            Ok(reply.add(
-                INodeNo(child_ino),
+        let result = self.0.readdirplus(ino.0, offset, |cookie, name, attr| {
+            reply.add(
+                attr.ino,
                 cookie,
                 OsStr::from_bytes(name),
                 &TTL,
-                &attr,
+                attr,
                 Generation(0),
-            ))
+            )
         });
         match result {
             Ok(()) => reply.ok(),
@@ -717,46 +969,29 @@ impl fuser::Filesystem for ComposefsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.hit(Op::Releasedir);
+        self.0.releasedir();
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.hit(Op::Statfs);
-        match self.image() {
-            Ok(image) => reply.statfs(
-                u64::from(image.blocks()),
-                0,
-                0,
-                image.inos(),
-                0,
-                BLOCK_SIZE,
-                255,
-                BLOCK_SIZE,
-            ),
+        match self.0.statfs() {
+            Ok(st) => reply.statfs(st.blocks, 0, 0, st.files, 0, st.bsize, st.namelen, st.bsize),
             Err(e) => reply.error(e),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.hit(Op::Getxattr);
-        self.do_xattr(ino, size, reply, |inode| {
-            xattr_value(inode, name.as_bytes())
-        });
+        self.0.getxattr(ino.0, name.as_bytes(), size, |r| reply_xattr(reply, r));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.hit(Op::Listxattr);
-        self.do_xattr(ino, size, reply, |inode| xattr_names(inode).map(Some));
+        self.0.listxattr(ino.0, size, |r| reply_xattr(reply, r));
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        // Only asked without default_permissions; the mount is read-only.
-        self.hit(Op::Other);
-        if mask.contains(AccessFlags::W_OK) {
-            reply.error(Errno::EROFS);
-        } else {
-            reply.ok();
+        match self.0.access(mask.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
     }
 
@@ -771,8 +1006,7 @@ impl fuser::Filesystem for ComposefsFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
-        self.hit(Op::Other);
-        reply.error(Errno::ENOTTY);
+        reply.error(self.0.refuse(Errno::ENOTTY));
     }
 
     fn poll(
@@ -785,9 +1019,7 @@ impl fuser::Filesystem for ComposefsFs {
         _flags: fuser::PollFlags,
         reply: fuser::ReplyPoll,
     ) {
-        // ENOSYS once makes the kernel treat files as always ready.
-        self.hit(Op::Other);
-        reply.error(Errno::ENOSYS);
+        reply.error(self.0.refuse(Errno::ENOSYS));
     }
 
     fn lseek(
@@ -799,9 +1031,15 @@ impl fuser::Filesystem for ComposefsFs {
         _whence: i32,
         reply: ReplyLseek,
     ) {
-        // ENOSYS once makes the kernel use its generic lseek for good.
-        self.hit(Op::Other);
-        reply.error(Errno::ENOSYS);
+        reply.error(self.0.refuse(Errno::ENOSYS));
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, answer: Result<XattrAnswer<'_>, Errno>) {
+    match answer {
+        Ok(XattrAnswer::Size(n)) => reply.size(n),
+        Ok(XattrAnswer::Data(v)) => reply.data(v),
+        Err(e) => reply.error(e),
     }
 }
 

@@ -36,6 +36,7 @@ mod mmap;
 mod objects;
 mod options;
 mod session;
+mod sys;
 #[cfg(test)]
 mod testutil;
 

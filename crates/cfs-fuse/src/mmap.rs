@@ -1,14 +1,12 @@
-//! The image bytes, mapped read-only: the only `unsafe` of this crate.
+//! The image bytes, mapped read-only.
 //!
 //! Serving straight from the mapping means mounting costs O(1) and memory does not grow with
 //! the image: pages are faulted in (and can be dropped again by the kernel) as requests touch
 //! them.
-#![allow(unsafe_code)]
-
 use std::fs::File;
 use std::io;
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::Mmap;
 
 /// A read-only, private mapping of a whole image file.
 #[derive(Debug)]
@@ -31,14 +29,7 @@ impl ImageMap {
         }
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "image too large to map"))?;
-        // SAFETY: the mapping is read-only and private (MAP_PRIVATE, PROT_READ), so this
-        // process never writes through it. composefs images are immutable, content-addressed
-        // files (a repository never rewrites one in place); should another process modify or
-        // truncate the file anyway, the worst outcomes are inconsistent bytes — which the
-        // validating reader turns into errors, never panics — or SIGBUS on pages past a
-        // truncated end, the documented hazard of mapping files. Only `&[u8]` views of the
-        // mapping are handed out, and they borrow `self`, so they cannot outlive the mapping.
-        let map = unsafe { MmapOptions::new().len(len).map(&file)? };
+        let map = crate::sys::map_readonly(&file, len)?;
         Ok(ImageMap { map, _file: file })
     }
 

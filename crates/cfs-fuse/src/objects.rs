@@ -3,13 +3,12 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use cfs_format::{fsverity, Digest};
 use cfs_repo::verity::{self, MeasureError};
-use fuser::BackingId;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 /// Why an object could not be served. Each variant is logged (naming the object) and answered
@@ -199,34 +198,97 @@ fn userspace_digest(
     })
 }
 
+/// A passthrough backing file registered with the kernel, dropped with this value.
+#[derive(Debug)]
+pub(crate) struct Backing {
+    dev_fuse: Arc<OwnedFd>,
+    id: u32,
+}
+
+impl Backing {
+    /// Register `file` with the connection behind `dev_fuse`.
+    pub(crate) fn open(dev_fuse: &Arc<OwnedFd>, file: BorrowedFd<'_>) -> std::io::Result<Self> {
+        let id = crate::sys::backing_open(dev_fuse.as_fd(), file)?;
+        Ok(Backing {
+            dev_fuse: Arc::clone(dev_fuse),
+            id,
+        })
+    }
+
+    /// The id that OPEN replies carry.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Drop for Backing {
+    fn drop(&mut self) {
+        // ENOTCONN once the connection is gone: the kernel has dropped the file already.
+        match crate::sys::backing_close(self.dev_fuse.as_fd(), self.id) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTCONN.raw_os_error()) => {}
+            Err(e) => log::warn!("closing passthrough backing file {}: {e}", self.id),
+        }
+    }
+}
+
 /// One open object, shared by every open of its inode.
 #[derive(Debug)]
 pub(crate) struct OpenObject {
-    pub(crate) file: File,
+    /// The object, for reads served in userspace. `None` once the kernel holds it as a
+    /// passthrough backing file: it needs no descriptor of ours.
+    pub(crate) file: Option<File>,
     /// The passthrough backing id, when the kernel reads this object itself. Dropping it
     /// (with the last reference) closes the id.
-    pub(crate) backing: Option<BackingId>,
+    pub(crate) backing: Option<Backing>,
 }
 
 #[derive(Debug)]
 struct Slot {
     object: Arc<OpenObject>,
+    /// Opens not yet released; 0 for a kept passthrough object.
     opens: u64,
+    /// When the slot was last kept at its last release (see `Slots::kept`).
+    kept_at: u64,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    by_ino: HashMap<u64, Slot>,
+    /// Passthrough objects kept after their last release, oldest first, as (inode, kept_at):
+    /// an entry whose slot was reopened (and perhaps kept again later) is stale and skipped.
+    kept: std::collections::VecDeque<(u64, u64)>,
+    /// Slots with no open left.
+    kept_count: usize,
+    clock: u64,
 }
 
 /// Open objects by FUSE inode number, with an open count: one file (and one passthrough backing
 /// id) per inode however many times it is open. Reads take the read lock only long enough to
 /// clone an `Arc`; no lock is held across I/O.
+///
+/// A passthrough object outlives its last release, up to `KEPT_BACKING` of them: the kernel
+/// holds the object file, so keeping its backing id costs no descriptor of ours, and opening the
+/// file again then needs neither an `openat` nor a backing-file registration. That halves the
+/// server's work per open of a file read before (a warm `tar`).
 #[derive(Debug, Default)]
 pub(crate) struct OpenTable {
-    slots: RwLock<HashMap<u64, Slot>>,
+    slots: RwLock<Slots>,
 }
 
 impl OpenTable {
-    /// Another open of `ino` if it is already open.
+    /// Passthrough objects kept open after their last release, at most. Each pins a kernel file
+    /// (and its inode and dentry), a few hundred bytes to a few KiB of kernel memory.
+    pub(crate) const KEPT_BACKING: usize = 1 << 17;
+
+    /// Another open of `ino` if it is already open (or kept).
     pub(crate) fn reopen(&self, ino: u64) -> Option<Arc<OpenObject>> {
-        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
-        let slot = slots.get_mut(&ino)?;
+        let mut guard = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        let slots = &mut *guard;
+        let slot = slots.by_ino.get_mut(&ino)?;
+        if slot.opens == 0 {
+            slots.kept_count -= 1;
+        }
         slot.opens += 1;
         Some(Arc::clone(&slot.object))
     }
@@ -238,11 +300,16 @@ impl OpenTable {
         ino: u64,
         make: impl FnOnce() -> OpenObject,
     ) -> Arc<OpenObject> {
-        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
-        let slot = slots.entry(ino).or_insert_with(|| Slot {
+        let mut guard = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        let slots = &mut *guard;
+        let slot = slots.by_ino.entry(ino).or_insert_with(|| Slot {
             object: Arc::new(make()),
             opens: 0,
+            kept_at: 0,
         });
+        if slot.opens == 0 && slot.kept_at != 0 {
+            slots.kept_count -= 1;
+        }
         slot.opens += 1;
         Arc::clone(&slot.object)
     }
@@ -250,32 +317,69 @@ impl OpenTable {
     /// The open object of `ino`.
     pub(crate) fn get(&self, ino: u64) -> Option<Arc<OpenObject>> {
         let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
-        slots.get(&ino).map(|s| Arc::clone(&s.object))
+        slots.by_ino.get(&ino).map(|s| Arc::clone(&s.object))
     }
 
-    /// One open of `ino` ended; the object is closed after the last one.
+    /// One open of `ino` ended. After the last one the object is closed, or kept if it is a
+    /// passthrough object (closing the oldest kept one when there are too many).
     pub(crate) fn release(&self, ino: u64) {
-        let removed = {
-            let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
-            match slots.get_mut(&ino) {
-                Some(slot) if slot.opens > 1 => {
-                    slot.opens -= 1;
-                    None
-                }
-                Some(_) => slots.remove(&ino),
-                None => None,
-            }
-        };
-        // Close outside the lock.
-        drop(removed);
+        self.release_keeping(ino, Self::KEPT_BACKING);
     }
 
-    /// Number of inodes with open objects.
+    fn release_keeping(&self, ino: u64, keep: usize) {
+        let mut closed = Vec::new();
+        {
+            let mut guard = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+            let slots = &mut *guard;
+            let Some(slot) = slots.by_ino.get_mut(&ino) else {
+                return;
+            };
+            match slot.opens {
+                0 => return, // unmatched release
+                1 if slot.object.backing.is_some() && keep > 0 => {
+                    slots.clock += 1;
+                    slot.opens = 0;
+                    slot.kept_at = slots.clock;
+                    slots.kept.push_back((ino, slots.clock));
+                    slots.kept_count += 1;
+                }
+                1 => closed.extend(slots.by_ino.remove(&ino)),
+                _ => slot.opens -= 1,
+            }
+            while slots.kept_count > keep {
+                let Some((old, at)) = slots.kept.pop_front() else {
+                    break;
+                };
+                let still_kept = slots
+                    .by_ino
+                    .get(&old)
+                    .is_some_and(|s| s.opens == 0 && s.kept_at == at);
+                if still_kept {
+                    slots.kept_count -= 1;
+                    closed.extend(slots.by_ino.remove(&old));
+                }
+            }
+            // Stale entries (reopened since) must not pile up while the table stays small.
+            if slots.kept.len() > 2 * keep.max(1024) {
+                let by_ino = &slots.by_ino;
+                slots.kept.retain(|(i, at)| {
+                    by_ino
+                        .get(i)
+                        .is_some_and(|s| s.opens == 0 && s.kept_at == *at)
+                });
+            }
+        }
+        // Close outside the lock.
+        drop(closed);
+    }
+
+    /// Number of inodes with open (or kept) objects.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.slots
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .by_ino
             .len()
     }
 }
@@ -309,7 +413,7 @@ impl RecentObjects {
             return Ok(obj);
         }
         let obj = Arc::new(OpenObject {
-            file: open()?,
+            file: Some(open()?),
             backing: None,
         });
         let evicted = {
@@ -433,7 +537,7 @@ mod tests {
     fn open_table_counts_opens() {
         let t = OpenTable::default();
         let make = || OpenObject {
-            file: tempfile::tempfile().unwrap(),
+            file: Some(tempfile::tempfile().unwrap()),
             backing: None,
         };
         assert!(t.reopen(5).is_none());
@@ -469,7 +573,7 @@ mod tests {
         }
         assert_eq!(recent.len(), RecentObjects::CAPACITY);
         // Inode 1 was evicted long ago; the reader holding it still has a usable file.
-        assert!(first.file.metadata().is_ok());
+        assert!(first.file.as_ref().unwrap().metadata().is_ok());
         recent.get_or_open(1, open).unwrap();
         assert_eq!(opened.get(), 200);
         let failed = recent.get_or_open(500, || Err::<File, _>("no such object"));

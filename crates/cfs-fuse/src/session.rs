@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::mount::{MountFlags, UnmountFlags};
 
 use crate::counters::Counters;
-use crate::fs::ComposefsFs;
+use crate::fs::{ComposefsFs, FuserFs};
 use crate::mmap::ImageMap;
 use crate::objects::ObjectStore;
 use crate::options::FuseOptions;
@@ -187,6 +187,7 @@ pub fn serve(
         ObjectStore::new(objects_fd, opts.verify),
         Arc::clone(&counters),
         opts.passthrough,
+        false,
         stack_depth,
     );
 
@@ -277,6 +278,7 @@ fn mount_fuse(mountpoint: &Path, allow_other: bool) -> io::Result<OwnedFd> {
 
 /// Handshake on `dev_fuse` and start the workers.
 fn start(fs: ComposefsFs, dev_fuse: OwnedFd, opts: &FuseOptions) -> io::Result<BackgroundSession> {
+    let fs = Arc::new(fs);
     let threads = opts.worker_threads();
     let mut config = fuser::Config::default();
     config.n_threads = Some(threads);
@@ -287,7 +289,9 @@ fn start(fs: ComposefsFs, dev_fuse: OwnedFd, opts: &FuseOptions) -> io::Result<B
         SessionACL::Owner
     };
     config.acl = acl;
-    Session::from_fd(fs, dev_fuse, acl, config)?.spawn()
+    let session = Session::from_fd(FuserFs(Arc::clone(&fs)), dev_fuse, acl, config)?;
+    fs.set_dev_fuse(Arc::new(session.as_fd().try_clone_to_owned()?));
+    session.spawn()
 }
 
 /// A running FUSE session.
