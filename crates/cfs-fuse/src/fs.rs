@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -124,6 +124,8 @@ pub(crate) struct ComposefsFs {
     want_uring: bool,
     /// Whether the kernel agreed to FUSE over io_uring at INIT.
     uring: AtomicBool,
+    /// The payload buffer each io_uring entry needs (see [`uring_payload`]).
+    uring_payload: AtomicUsize,
     /// The connection's `/dev/fuse`, for registering passthrough backing files; set once the
     /// handshake is done, before any OPEN can arrive.
     dev_fuse: OnceLock<Arc<OwnedFd>>,
@@ -154,6 +156,7 @@ impl ComposefsFs {
             recent: RecentObjects::default(),
             want_uring,
             uring: AtomicBool::new(false),
+            uring_payload: AtomicUsize::new(0),
             dev_fuse: OnceLock::new(),
         }
     }
@@ -163,9 +166,12 @@ impl ComposefsFs {
         let _ = self.dev_fuse.set(dev);
     }
 
-    /// Whether the kernel agreed to FUSE over io_uring.
-    pub(crate) fn uses_uring(&self) -> bool {
-        self.uring.load(Ordering::Relaxed)
+    /// The size of each io_uring entry's payload buffer when the kernel agreed to FUSE over
+    /// io_uring.
+    pub(crate) fn uring_payload(&self) -> Option<usize> {
+        self.uring
+            .load(Ordering::Relaxed)
+            .then(|| self.uring_payload.load(Ordering::Relaxed))
     }
 
     pub(crate) fn hit(&self, op: Op) {
@@ -517,6 +523,26 @@ fn log_object_error(ino: u64, e: &ObjectError) {
     log::error!("inode {ino}: {e}; failing the open with EIO");
 }
 
+/// `max_write` when serving over io_uring.
+const URING_MAX_WRITE: u32 = 1 << 20;
+
+/// The payload buffer an io_uring entry needs: the kernel refuses entries smaller than
+/// max(8 KiB, max_write, max_pages pages), where fuser asks for enough pages to cover
+/// max_write and the readahead, and the kernel caps that at `fs.fuse.max_pages_limit`.
+fn uring_payload(max_write: u32, readahead: u32) -> usize {
+    const PAGE: usize = 4096;
+    let limit = std::fs::read_to_string("/proc/sys/fs/fuse/max_pages_limit")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(256);
+    let wanted = (max_write.max(readahead) as usize)
+        .div_ceil(PAGE)
+        .min(usize::from(u16::MAX));
+    (8192usize)
+        .max(max_write as usize)
+        .max(wanted.min(limit) * PAGE)
+}
+
 /// The access mode bits of open flags.
 fn libc_accmode() -> i32 {
     rustix::fs::OFlags::ACCMODE.bits() as i32
@@ -580,9 +606,13 @@ impl ComposefsFs {
             }
         }
         // As much readahead as the kernel allows.
-        if let Err(max) = config.set_max_readahead(u32::MAX) {
-            let _ = config.set_max_readahead(max);
-        }
+        let readahead = match config.set_max_readahead(u32::MAX) {
+            Ok(_) => u32::MAX,
+            Err(max) => {
+                let _ = config.set_max_readahead(max);
+                max
+            }
+        };
         let _ = config.set_max_background(64);
         if self.want_passthrough {
             if !config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
@@ -605,17 +635,31 @@ impl ComposefsFs {
             }
         }
         if self.want_uring {
-            if config
-                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
-                .is_ok()
+            if !config
+                .capabilities()
+                .contains(InitFlags::FUSE_OVER_IO_URING)
             {
-                self.uring.store(true, Ordering::Relaxed);
-            } else {
                 log::warn!(
                     "io_uring unavailable: the kernel does not offer FUSE_OVER_IO_URING (Linux \
                      6.14+ with CONFIG_FUSE_IO_URING, and /sys/module/fuse/parameters/\
                      enable_uring set to Y); serving through /dev/fuse"
                 );
+            } else if let Err(e) = crate::sys::Ring::new(4) {
+                // Once agreed, requests wait for every queue to register: make sure rings can
+                // be made at all before agreeing (io_uring may be disabled by sysctl).
+                log::warn!(
+                    "io_uring unavailable: cannot set up a ring ({e}); serving through /dev/fuse"
+                );
+            } else if config
+                .add_capabilities(InitFlags::FUSE_OVER_IO_URING)
+                .is_ok()
+            {
+                // Nothing is ever written: a small max_write keeps each queue entry's buffer
+                // (which must hold the largest request) at the size of the largest READ.
+                let _ = config.set_max_write(URING_MAX_WRITE);
+                self.uring_payload
+                    .store(uring_payload(URING_MAX_WRITE, readahead), Ordering::Relaxed);
+                self.uring.store(true, Ordering::Relaxed);
             }
         }
         // Zero-message open, when there is nothing to do at open: no backing file to register
@@ -652,7 +696,11 @@ impl ComposefsFs {
             .ok_or(Errno::ENOENT)
     }
 
-    pub(crate) fn readlink<R>(&self, ino: u64, answer: impl FnOnce(Result<&[u8], Errno>) -> R) -> R {
+    pub(crate) fn readlink<R>(
+        &self,
+        ino: u64,
+        answer: impl FnOnce(Result<&[u8], Errno>) -> R,
+    ) -> R {
         self.hit(Op::Readlink);
         let result = self.image().and_then(|image| {
             let inode = self.inode(&image, INodeNo(ino))?;
@@ -981,7 +1029,8 @@ impl fuser::Filesystem for FuserFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.0.getxattr(ino.0, name.as_bytes(), size, |r| reply_xattr(reply, r));
+        self.0
+            .getxattr(ino.0, name.as_bytes(), size, |r| reply_xattr(reply, r));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {

@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+mod abi;
 mod attr;
 mod counters;
 mod fs;
@@ -39,6 +40,7 @@ mod session;
 mod sys;
 #[cfg(test)]
 mod testutil;
+mod uring;
 
 pub use counters::{Counters, Op};
 pub use options::{FuseOptions, ParseOptionsError, VALID_OPTIONS};

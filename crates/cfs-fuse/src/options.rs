@@ -4,12 +4,13 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The options [`FuseOptions`] understands, for error messages and help texts.
-pub const VALID_OPTIONS: &str = "passthrough, threads=N (N >= 1), verify=on|off, allow_other";
+pub const VALID_OPTIONS: &str =
+    "passthrough, uring, threads=N (N >= 1), verify=on|off, allow_other";
 
 /// How a FUSE session serves an image.
 ///
-/// The text form is a comma-separated list: `passthrough`, `threads=N`, `verify=on|off`,
-/// `allow_other`; the empty string means the defaults. [`Display`](fmt::Display) writes the same
+/// The text form is a comma-separated list: `passthrough`, `uring`, `threads=N`,
+/// `verify=on|off`, `allow_other`; the empty string means the defaults. [`Display`](fmt::Display) writes the same
 /// form back, so options survive a round trip through a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FuseOptions {
@@ -18,6 +19,11 @@ pub struct FuseOptions {
     /// Let the kernel read external files straight from their objects (FUSE passthrough, Linux
     /// 6.9+, needs CAP_SYS_ADMIN). Falls back to userspace reads when unavailable.
     pub passthrough: bool,
+    /// Take requests from per-CPU io_uring queues (FUSE over io_uring, Linux 6.14+ with
+    /// `/sys/module/fuse/parameters/enable_uring` on), each answered by a worker pinned to its
+    /// CPU, so a request and its reply never cross CPUs. `threads` then does not apply: there
+    /// is one worker per possible CPU. Falls back to `/dev/fuse` when unavailable.
+    pub uring: bool,
     /// Check each object's fs-verity digest against the image on its first open (kernel
     /// measurement when the object has fs-verity, else computed in userspace). Off and without
     /// passthrough, files open without any request to the server (zero-message open).
@@ -31,6 +37,7 @@ impl Default for FuseOptions {
         FuseOptions {
             threads: None,
             passthrough: false,
+            uring: false,
             verify: true,
             allow_other: false,
         }
@@ -74,6 +81,7 @@ impl FromStr for FuseOptions {
             };
             match (key, value) {
                 ("passthrough", None) => opts.passthrough = true,
+                ("uring", None) => opts.uring = true,
                 ("allow_other", None) => opts.allow_other = true,
                 ("threads", Some(v)) => {
                     let n: usize = v.parse().map_err(|_| bad("not a number"))?;
@@ -88,7 +96,9 @@ impl FromStr for FuseOptions {
                 ("verify", Some("on")) => opts.verify = true,
                 ("verify", Some("off")) => opts.verify = false,
                 ("verify", Some(_)) => return Err(bad("expected verify=on or verify=off")),
-                ("passthrough" | "allow_other", Some(_)) => return Err(bad("takes no value")),
+                ("passthrough" | "uring" | "allow_other", Some(_)) => {
+                    return Err(bad("takes no value"))
+                }
                 ("threads" | "verify", None) => return Err(bad("needs a value")),
                 _ => return Err(bad("unknown option")),
             }
@@ -102,6 +112,9 @@ impl fmt::Display for FuseOptions {
         let mut parts: Vec<String> = Vec::new();
         if self.passthrough {
             parts.push("passthrough".into());
+        }
+        if self.uring {
+            parts.push("uring".into());
         }
         if let Some(n) = self.threads {
             parts.push(format!("threads={n}"));
@@ -133,7 +146,7 @@ mod tests {
 
     #[test]
     fn every_option() {
-        let o: FuseOptions = "passthrough,threads=3,verify=off,allow_other"
+        let o: FuseOptions = "passthrough,uring,threads=3,verify=off,allow_other"
             .parse()
             .unwrap();
         assert_eq!(
@@ -141,6 +154,7 @@ mod tests {
             FuseOptions {
                 threads: Some(3),
                 passthrough: true,
+                uring: true,
                 verify: false,
                 allow_other: true
             }
@@ -162,7 +176,8 @@ mod tests {
             "threads=2",
             "verify=off",
             "allow_other",
-            "passthrough,threads=8,verify=off,allow_other",
+            "uring",
+            "passthrough,uring,threads=8,verify=off,allow_other",
         ] {
             let o: FuseOptions = s.parse().unwrap();
             assert_eq!(o.to_string(), s);
@@ -185,6 +200,7 @@ mod tests {
             ("verify", "verify"),
             ("passthrough=1", "passthrough=1"),
             ("allow_other=yes", "allow_other=yes"),
+            ("uring=on", "uring=on"),
         ] {
             let e = s.parse::<FuseOptions>().unwrap_err();
             assert_eq!(e.token, token, "{s}");

@@ -18,6 +18,7 @@ use crate::fs::{ComposefsFs, FuserFs};
 use crate::mmap::ImageMap;
 use crate::objects::ObjectStore;
 use crate::options::FuseOptions;
+use crate::uring::UringWorkers;
 
 /// Where external file contents come from: a directory of objects (`XX/<rest-of-digest>`),
 /// e.g. a repository's `objects/` or a `mkcomposefs --digest-store`.
@@ -187,7 +188,7 @@ pub fn serve(
         ObjectStore::new(objects_fd, opts.verify),
         Arc::clone(&counters),
         opts.passthrough,
-        false,
+        opts.uring,
         stack_depth,
     );
 
@@ -197,8 +198,8 @@ pub fn serve(
             source,
         })?;
     let session = start(fs, dev_fuse, opts);
-    let bg = match session {
-        Ok(bg) => bg,
+    let (bg, uring) = match session {
+        Ok(started) => started,
         Err(e) => {
             let _ = rustix::mount::unmount(&mountpoint, UnmountFlags::DETACH);
             return Err(FuseError::Session(e));
@@ -206,6 +207,7 @@ pub fn serve(
     };
     let mut session = FuseSession {
         bg: Some(bg),
+        uring,
         mountpoint,
         dev: 0,
         counters,
@@ -228,10 +230,13 @@ pub fn serve(
             });
         }
     }
+    let workers = match &session.uring {
+        Some(u) => format!("{} io_uring queue worker(s)", u.queues()),
+        None => format!("{} worker thread(s)", opts.worker_threads()),
+    };
     log::info!(
-        "serving at {} ({} worker thread(s){}{}; ready in {:.2} ms)",
+        "serving at {} ({workers}{}{}; ready in {:.2} ms)",
         session.mountpoint.display(),
-        opts.worker_threads(),
         if opts.passthrough {
             ", passthrough requested"
         } else {
@@ -276,22 +281,35 @@ fn mount_fuse(mountpoint: &Path, allow_other: bool) -> io::Result<OwnedFd> {
     Ok(dev_fuse)
 }
 
-/// Handshake on `dev_fuse` and start the workers.
-fn start(fs: ComposefsFs, dev_fuse: OwnedFd, opts: &FuseOptions) -> io::Result<BackgroundSession> {
+/// Handshake on `dev_fuse` and start the workers: fuser's, and the io_uring queues' when
+/// the kernel agreed to them. fuser's workers are started either way (whether io_uring is
+/// agreed is only known after the handshake); with io_uring they only see FORGET and INTERRUPT.
+fn start(
+    fs: ComposefsFs,
+    dev_fuse: OwnedFd,
+    opts: &FuseOptions,
+) -> io::Result<(BackgroundSession, Option<UringWorkers>)> {
     let fs = Arc::new(fs);
-    let threads = opts.worker_threads();
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(threads);
-    config.clone_fd = threads > 1;
     let acl = if opts.allow_other {
         SessionACL::All
     } else {
         SessionACL::Owner
     };
+    let threads = opts.worker_threads();
+    let mut config = fuser::Config::default();
+    config.n_threads = Some(threads);
+    config.clone_fd = threads > 1;
     config.acl = acl;
     let session = Session::from_fd(FuserFs(Arc::clone(&fs)), dev_fuse, acl, config)?;
-    fs.set_dev_fuse(Arc::new(session.as_fd().try_clone_to_owned()?));
-    session.spawn()
+    let dev = Arc::new(session.as_fd().try_clone_to_owned()?);
+    fs.set_dev_fuse(Arc::clone(&dev));
+    let uring = match fs.uring_payload() {
+        // The kernel holds every request until all queues have registered, so a failure here
+        // cannot fall back: the caller unmounts.
+        Some(payload) => Some(UringWorkers::start(&fs, &dev, payload)?),
+        None => None,
+    };
+    Ok((session.spawn()?, uring))
 }
 
 /// A running FUSE session.
@@ -302,6 +320,8 @@ fn start(fs: ComposefsFs, dev_fuse: OwnedFd, opts: &FuseOptions) -> io::Result<B
 #[derive(Debug)]
 pub struct FuseSession {
     bg: Option<BackgroundSession>,
+    /// The io_uring queue workers, stopped after fuser's once the connection has ended.
+    uring: Option<UringWorkers>,
     mountpoint: PathBuf,
     dev: u64,
     counters: Arc<Counters>,
@@ -326,13 +346,23 @@ impl FuseSession {
     /// Whether the session has ended (the mount is gone and the workers have stopped).
     pub fn is_finished(&self) -> bool {
         self.bg.as_ref().is_none_or(|bg| bg.guard.is_finished())
+            && self.uring.as_ref().is_none_or(UringWorkers::is_finished)
     }
 
     /// Serve until the filesystem is unmounted from outside.
     pub fn wait(mut self) -> Result<(), FuseError> {
-        match self.bg.take() {
+        let result = match self.bg.take() {
             Some(bg) => bg.join().map_err(FuseError::Session),
             None => Ok(()),
+        };
+        self.stop_uring();
+        result
+    }
+
+    /// Stop the io_uring workers (once the connection has ended they have nothing to do).
+    fn stop_uring(&mut self) {
+        if let Some(uring) = self.uring.take() {
+            uring.stop();
         }
     }
 
@@ -366,21 +396,33 @@ impl FuseSession {
                 }
             };
             if !aborted || !wait_finished(&bg, ABORT_GRACE) {
-                std::thread::spawn(move || drop(bg.join()));
+                let uring = self.uring.take();
+                std::thread::spawn(move || {
+                    drop(bg.join());
+                    if let Some(u) = uring {
+                        u.stop();
+                    }
+                });
                 return Err(FuseError::Busy {
                     path: self.mountpoint.clone(),
                 });
             }
         }
-        bg.join().map_err(FuseError::Session)
+        let result = bg.join().map_err(FuseError::Session);
+        self.stop_uring();
+        result
     }
 
     /// Keep serving in the background until the filesystem is unmounted from outside.
     pub fn detach(mut self) {
         if let Some(bg) = self.bg.take() {
+            let uring = self.uring.take();
             std::thread::spawn(move || {
                 if let Err(e) = bg.join() {
                     log::warn!("FUSE session ended with an error: {e}");
+                }
+                if let Some(u) = uring {
+                    u.stop();
                 }
             });
         }
@@ -412,7 +454,13 @@ impl Drop for FuseSession {
                     log::warn!("{e}");
                 }
             }
-            std::thread::spawn(move || drop(bg.join()));
+            let uring = self.uring.take();
+            std::thread::spawn(move || {
+                drop(bg.join());
+                if let Some(u) = uring {
+                    u.stop();
+                }
+            });
         }
     }
 }

@@ -116,6 +116,20 @@ pub(crate) fn reply_passthrough(
     let _ = wrapped.into_raw();
 }
 
+/// Put the calling thread in SCHED_BATCH: normal share of the CPU, but waking it never
+/// preempts the running task. (rustix has no `sched_setscheduler`.)
+pub(crate) fn set_batch_scheduling() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param for SCHED_BATCH
+    // (priority 0), read by the kernel during the call only.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Size of a submission queue entry with IORING_SETUP_SQE128.
 pub(crate) const SQE_SIZE: usize = 128;
 
@@ -140,14 +154,15 @@ impl Region {
                 offset,
             )
         }?;
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
+        let ptr =
+            NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap gave null"))?;
         Ok(Region { ptr, len })
     }
 
     /// The u32 at byte `offset` (a ring head, tail, mask or array slot), as an atomic.
     fn u32_at(&self, offset: u32) -> io::Result<&AtomicU32> {
         let offset = offset as usize;
-        if offset % 4 != 0 || offset + 4 > self.len {
+        if !offset.is_multiple_of(4) || offset + 4 > self.len {
             return Err(io::Error::other("io_uring offset outside its ring"));
         }
         // SAFETY: in bounds and aligned (checked above; the mapping is page-aligned); the
@@ -235,7 +250,11 @@ impl Ring {
         // (index < sq_entries, checked above). The slot is ours until the tail store below
         // publishes it: the kernel reads only slots between head and tail.
         unsafe {
-            std::ptr::copy_nonoverlapping(sqe.as_ptr(), self.sqes.ptr.as_ptr().add(start), SQE_SIZE);
+            std::ptr::copy_nonoverlapping(
+                sqe.as_ptr(),
+                self.sqes.ptr.as_ptr().add(start),
+                SQE_SIZE,
+            );
         }
         self.sq
             .u32_at(off.array + index * 4)?

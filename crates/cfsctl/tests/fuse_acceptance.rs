@@ -339,6 +339,103 @@ fn dumpfile_round_trip_over_mount_fuse() {
     assert_nothing_mounted_under(tmp.path());
 }
 
+/// The fuse module's `enable_uring` switch, turned on for as long as this lives (FUSE over
+/// io_uring is off by default) and put back afterwards.
+struct UringSwitch {
+    path: PathBuf,
+    before: String,
+}
+
+impl UringSwitch {
+    /// `None` when the kernel has no FUSE over io_uring at all (no switch).
+    fn on() -> Option<UringSwitch> {
+        let path = PathBuf::from("/sys/module/fuse/parameters/enable_uring");
+        let before = fs::read_to_string(&path).ok()?;
+        fs::write(&path, "Y").unwrap_or_else(|e| panic!("turning on {}: {e}", path.display()));
+        Some(UringSwitch { path, before })
+    }
+}
+
+impl Drop for UringSwitch {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, self.before.trim());
+    }
+}
+
+/// FUSE over io_uring (`-o uring`): the same view as through `/dev/fuse`, with and without
+/// passthrough, and every external file reads back right from a reader pinned to each CPU (each
+/// CPU has its own queue and worker).
+#[test]
+fn dumpfile_round_trip_over_io_uring_queues() {
+    if !fuse_available("FUSE over io_uring") {
+        return;
+    }
+    let Some(_switch) = UringSwitch::on() else {
+        skip(
+            "FUSE over io_uring",
+            "this kernel has no /sys/module/fuse/parameters/enable_uring (Linux 6.14+ with \
+             CONFIG_FUSE_IO_URING)",
+        );
+        return;
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let tmp = test_dir("cfs-fuse-acc-uring-");
+    {
+        let img = SourceImage::build(tmp.path(), mkcomposefs());
+        let want = image_dump(&img.image);
+        let external = external_files(&want);
+        let mnt = make_dir(tmp.path(), "mnt");
+        for opts in ["uring", "uring,passthrough"] {
+            let log = tmp.path().join(format!("serve-{opts}.log"));
+            let mut server = Server::fuse_serve(&img.image, &img.objects, opts, &mnt, &log);
+            let text = server.log_text();
+            if text.contains("io_uring unavailable") {
+                server.stop();
+                skip(
+                    "FUSE over io_uring",
+                    &format!("the server fell back:\n{text}"),
+                );
+                continue;
+            }
+            assert!(
+                text.contains("io_uring queue worker(s)"),
+                "-o {opts}: the server does not say it serves io_uring queues:\n{text}"
+            );
+            check_round_trip(
+                &want,
+                &img.src,
+                &mnt,
+                tmp.path(),
+                &format!("fuse-serve -o '{opts}'"),
+            );
+            for cpu in 0..cpus {
+                for rel in external.iter().take(8) {
+                    let out = run_ok(
+                        std::process::Command::new("taskset")
+                            .arg("-c")
+                            .arg(cpu.to_string())
+                            .arg("cmp")
+                            .arg(img.src.join(rel))
+                            .arg(mnt.join(rel)),
+                        WALK_TIMEOUT,
+                    );
+                    assert!(
+                        out.status.success(),
+                        "-o {opts}: {} on CPU {cpu}",
+                        rel.display()
+                    );
+                }
+            }
+            let counters = server.stop();
+            assert!(
+                counters.get("OPEN") >= external.len() as u64,
+                "-o {opts}: opens were not answered through the counted operations: {counters:?}"
+            );
+        }
+    }
+    assert_nothing_mounted_under(tmp.path());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Passthrough reads stay in the kernel
 // ---------------------------------------------------------------------------------------------
