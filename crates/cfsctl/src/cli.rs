@@ -171,7 +171,7 @@ enum Command {
         /// overlayfs work directory (same filesystem as --upperdir).
         #[arg(long, requires = "upperdir")]
         workdir: Option<PathBuf>,
-        /// Serve the image over FUSE instead; OPTS: passthrough, threads=N, verify=on|off,
+        /// Serve the image over FUSE instead; OPTS: passthrough, uring, threads=N, verify=on|off,
         /// allow_other (comma-separated).
         #[arg(long, value_name = "OPTS", num_args = 0..=1, default_missing_value = "",
               require_equals = true, value_parser = crate::fuse::parse_options,

@@ -34,7 +34,7 @@ pub struct FuseServeArgs {
     /// repository's objects/].
     #[arg(long, value_name = "DIR")]
     objects: Option<PathBuf>,
-    /// Comma-separated options: passthrough, threads=N, verify=on|off, allow_other.
+    /// Comma-separated options: passthrough, uring, threads=N, verify=on|off, allow_other.
     #[arg(
         short = 'o',
         long = "options",
