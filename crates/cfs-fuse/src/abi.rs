@@ -10,7 +10,6 @@ use fuser::{FileAttr, FileType};
 /// Opcodes we answer or refuse by name.
 pub(crate) mod opcode {
     pub(crate) const LOOKUP: u32 = 1;
-    pub(crate) const FORGET: u32 = 2;
     pub(crate) const GETATTR: u32 = 3;
     pub(crate) const READLINK: u32 = 5;
     pub(crate) const OPEN: u32 = 14;
@@ -24,7 +23,6 @@ pub(crate) mod opcode {
     pub(crate) const RELEASEDIR: u32 = 29;
     pub(crate) const ACCESS: u32 = 34;
     pub(crate) const IOCTL: u32 = 39;
-    pub(crate) const BATCH_FORGET: u32 = 42;
     pub(crate) const READDIRPLUS: u32 = 44;
 
     /// Requests that would change the filesystem (SETATTR, SYMLINK, MKNOD, MKDIR, UNLINK,
@@ -122,11 +120,6 @@ pub(crate) fn xattr_size(op_in: &[u8]) -> Option<u32> {
 /// `mask` of `struct fuse_access_in`.
 pub(crate) fn access_mask(op_in: &[u8]) -> Option<i32> {
     u32_at(op_in, 0).map(|m| m as i32)
-}
-
-/// `count` of `struct fuse_batch_forget_in`.
-pub(crate) fn batch_forget_count(op_in: &[u8]) -> Option<u32> {
-    u32_at(op_in, 0)
 }
 
 /// A NUL-terminated name argument, without its NUL.

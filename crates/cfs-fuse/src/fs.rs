@@ -67,6 +67,11 @@ pub(crate) enum XattrAnswer<'a> {
 /// at most 256 pages = 1 MiB by default; fuser's buffer holds 16 MiB).
 const MAX_READ: usize = 16 << 20;
 
+/// The most a READ of `size` bytes answers with.
+pub(crate) fn read_size(size: u32) -> usize {
+    (size as usize).min(MAX_READ)
+}
+
 /// readdir cookies: 1 = after `.`, 2 = after `..`, then ((block + 1) << 16) | index for "the
 /// next entry is entry `index` of directory block `block`" (a block holds at most 341 entries).
 const COOKIE_DOT: u64 = 1;
@@ -86,7 +91,8 @@ fn enodata() -> Errno {
 }
 
 thread_local! {
-    /// Per-worker buffer for READ replies assembled from an object or from split image data.
+    /// Per-worker buffer the fuser adapter reads into (the io_uring workers read straight into
+    /// their entries' payload buffers).
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -98,6 +104,15 @@ fn with_read_buf<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
         }
         f(buf.get_mut(..len).unwrap_or_default())
     })
+}
+
+/// Where the data a READ answers with is.
+#[derive(Debug)]
+pub(crate) enum ReadData<'a> {
+    /// The first `n` bytes of the caller's buffer.
+    Filled(usize),
+    /// A slice of the mapped image (data stored inline in one piece): no copy needed.
+    Mapped(&'a [u8]),
 }
 
 /// The composefs filesystem served over FUSE.
@@ -359,32 +374,31 @@ impl ComposefsFs {
         }
     }
 
-    fn read_image(
-        &self,
+    /// READ of data stored in the image (inline or sparse). `buf` holds at least `size` bytes.
+    fn read_image<'a>(
+        &'a self,
         ino: INodeNo,
         offset: u64,
         size: usize,
-        answer: impl FnOnce(Result<&[u8], Errno>),
-    ) {
-        let data = (|| {
-            let image = self.image()?;
-            let inode = self.inode(&image, ino)?;
-            let node = inode
-                .node()
-                .map_err(|e| damaged(&format!("inode {}", ino.0), e))?;
-            let data = node
-                .regular_data()
-                .map_err(|e| damaged(&format!("inode {}", ino.0), e))?;
-            Ok((data, node.size()))
-        })();
+        buf: &mut [u8],
+    ) -> Result<ReadData<'a>, Errno> {
+        let image = self.image()?;
+        let inode = self.inode(&image, ino)?;
+        let node = inode
+            .node()
+            .map_err(|e| damaged(&format!("inode {}", ino.0), e))?;
+        let data = node
+            .regular_data()
+            .map_err(|e| damaged(&format!("inode {}", ino.0), e))?;
         match data {
-            Ok((Some(RegularData::Inline(data)), _)) => {
+            Some(RegularData::Inline(data)) => {
                 let len = data.len();
                 if offset >= len {
-                    return answer(Ok(&[]));
+                    return Ok(ReadData::Mapped(&[]));
                 }
                 let want = size.min(usize::try_from(len - offset).unwrap_or(usize::MAX));
-                // One piece: reply straight from the mapping.
+                self.counters.add_read_bytes(want as u64);
+                // In one piece: answer straight from the mapping.
                 let (head, tail) = (data.head(), data.tail());
                 let head_len = head.len() as u64;
                 let slice = if offset + want as u64 <= head_len {
@@ -398,57 +412,49 @@ impl ComposefsFs {
                 } else {
                     None
                 };
-                self.counters.add_read_bytes(want as u64);
                 match slice {
-                    Some(s) => answer(Ok(s)),
-                    None => with_read_buf(want, |buf| {
-                        let n = data.read_at(offset, buf);
-                        answer(Ok(buf.get(..n).unwrap_or_default()));
-                    }),
+                    Some(s) => Ok(ReadData::Mapped(s)),
+                    None => {
+                        let dst = buf.get_mut(..want).ok_or(Errno::EIO)?;
+                        Ok(ReadData::Filled(data.read_at(offset, dst)))
+                    }
                 }
             }
-            Ok((Some(RegularData::Sparse), len)) => {
+            Some(RegularData::Sparse) => {
+                let len = node.size();
                 let want = size.min(usize::try_from(len.saturating_sub(offset)).unwrap_or(0));
                 self.counters.add_read_bytes(want as u64);
-                with_read_buf(want, |buf| {
-                    buf.fill(0);
-                    answer(Ok(buf));
-                });
+                buf.get_mut(..want).ok_or(Errno::EIO)?.fill(0);
+                Ok(ReadData::Filled(want))
             }
-            Ok(_) => answer(Err(Errno::EIO)),
-            Err(e) => answer(Err(e)),
+            _ => Err(Errno::EIO),
         }
     }
 
     /// A READ of a file the kernel opened without asking (zero-message open): find where the
     /// data lives now.
-    fn read_unopened(
-        &self,
+    fn read_unopened<'a>(
+        &'a self,
         ino: INodeNo,
         offset: u64,
         size: usize,
-        answer: impl FnOnce(Result<&[u8], Errno>),
-    ) {
+        buf: &mut [u8],
+    ) -> Result<ReadData<'a>, Errno> {
         // The usual case, a file read in many requests: its object is open already, and the
         // inode need not be parsed again.
         if let Some(obj) = self.recent.find(ino.0) {
-            return self.read_object(ino, &obj, offset, size, answer);
+            return self.read_object(ino, &obj, offset, size, buf);
         }
-        let object = match self.object_of(ino) {
-            Ok(Some(object)) => object,
-            Ok(None) => return self.read_image(ino, offset, size, answer),
-            Err(e) => return answer(Err(e)),
+        let Some(object) = self.object_of(ino)? else {
+            return self.read_image(ino, offset, size, buf);
         };
         let obj = self.recent.get_or_open(ino.0, || {
             self.objects.open(&object).map_err(|e| {
                 log_object_error(ino.0, &e);
                 Errno::EIO
             })
-        });
-        match obj {
-            Ok(obj) => self.read_object(ino, &obj, offset, size, answer),
-            Err(e) => answer(Err(e)),
-        }
+        })?;
+        self.read_object(ino, &obj, offset, size, buf)
     }
 
     fn read_object(
@@ -457,31 +463,27 @@ impl ComposefsFs {
         obj: &OpenObject,
         offset: u64,
         size: usize,
-        answer: impl FnOnce(Result<&[u8], Errno>),
-    ) {
+        buf: &mut [u8],
+    ) -> Result<ReadData<'static>, Errno> {
         let Some(file) = &obj.file else {
             log::warn!("READ of inode {} without an open object", ino.0);
-            return answer(Err(Errno::EIO));
+            return Err(Errno::EIO);
         };
-        with_read_buf(size, |buf| {
-            let mut done = 0;
-            while done < buf.len() {
-                let Some(rest) = buf.get_mut(done..) else {
-                    break;
-                };
-                match rustix::io::pread(file, rest, offset + done as u64) {
-                    Ok(0) => break,
-                    Ok(n) => done += n,
-                    Err(rustix::io::Errno::INTR) => continue,
-                    Err(e) => {
-                        log::warn!("reading the object of inode {}: {e}", ino.0);
-                        return answer(Err(Errno::EIO));
-                    }
+        let buf = buf.get_mut(..size).ok_or(Errno::EIO)?;
+        let mut done = 0;
+        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+            match rustix::io::pread(file, rest, offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    log::warn!("reading the object of inode {}: {e}", ino.0);
+                    return Err(Errno::EIO);
                 }
             }
-            self.counters.add_read_bytes(done as u64);
-            answer(Ok(buf.get(..done).unwrap_or_default()));
-        });
+        }
+        self.counters.add_read_bytes(done as u64);
+        Ok(ReadData::Filled(done))
     }
 
     fn xattr<R>(
@@ -729,32 +731,31 @@ impl ComposefsFs {
         self.open_file(INodeNo(ino), flags)
     }
 
-    pub(crate) fn read(
-        &self,
+    /// READ: `buf` must hold at least `min(size, MAX_READ)` bytes (see [`read_size`]).
+    pub(crate) fn read<'a>(
+        &'a self,
         ino: u64,
         fh: u64,
         offset: u64,
         size: u32,
-        answer: impl FnOnce(Result<&[u8], Errno>),
-    ) {
+        buf: &mut [u8],
+    ) -> Result<ReadData<'a>, Errno> {
         self.hit(Op::Read);
         let ino = INodeNo(ino);
-        let size = (size as usize).min(MAX_READ);
+        let size = read_size(size).min(buf.len());
         match fh {
             FH_OBJECT => match self.open.get(ino.0) {
-                Some(obj) if obj.file.is_some() => {
-                    self.read_object(ino, &obj, offset, size, answer)
-                }
+                Some(obj) if obj.file.is_some() => self.read_object(ino, &obj, offset, size, buf),
                 // A passthrough file whose READ still reached us: the kernel holds the object,
                 // not us, so open it for this read.
-                Some(_) => self.read_unopened(ino, offset, size, answer),
+                Some(_) => self.read_unopened(ino, offset, size, buf),
                 None => {
                     log::warn!("READ of inode {} without an open object", ino.0);
-                    answer(Err(Errno::EIO))
+                    Err(Errno::EIO)
                 }
             },
-            FH_IMAGE => self.read_image(ino, offset, size, answer),
-            _ => self.read_unopened(ino, offset, size, answer),
+            FH_IMAGE => self.read_image(ino, offset, size, buf),
+            _ => self.read_unopened(ino, offset, size, buf),
         }
     }
 
@@ -930,9 +931,12 @@ impl fuser::Filesystem for FuserFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.0.read(ino.0, fh.0, offset, size, |r| match r {
-            Ok(data) => reply.data(data),
-            Err(e) => reply.error(e),
+        with_read_buf(read_size(size), |buf| {
+            match self.0.read(ino.0, fh.0, offset, size, buf) {
+                Ok(ReadData::Filled(n)) => reply.data(buf.get(..n).unwrap_or_default()),
+                Ok(ReadData::Mapped(data)) => reply.data(data),
+                Err(e) => reply.error(e),
+            }
         });
     }
 

@@ -21,7 +21,7 @@ use std::thread::JoinHandle;
 use fuser::Errno;
 
 use crate::abi::{self, opcode};
-use crate::fs::{ComposefsFs, Opened, XattrAnswer};
+use crate::fs::{ComposefsFs, Opened, ReadData, XattrAnswer};
 use crate::sys::{Completion, Ring, SQE_SIZE};
 
 /// Entries (requests in flight) per queue.
@@ -408,12 +408,11 @@ fn dispatch(
         }
         opcode::READ => {
             let (fh, offset, size) = abi::read_in(op_in).ok_or_else(bad)?;
-            let size = size.min(u32::try_from(out.len()).unwrap_or(u32::MAX));
-            let mut result = Err(Errno::EIO);
-            fs.read(ino, fh, offset, size, |r| {
-                result = r.and_then(|data| copy_out(out, data))
-            });
-            result
+            // The payload buffer holds the largest READ the kernel sends.
+            match fs.read(ino, fh, offset, size, out)? {
+                ReadData::Filled(n) => Ok(n),
+                ReadData::Mapped(data) => copy_out(out, data),
+            }
         }
         opcode::RELEASE => {
             fs.release(ino, abi::fh_of(op_in).ok_or_else(bad)?);
@@ -464,14 +463,6 @@ fn dispatch(
         }
         opcode::ACCESS => {
             fs.access(abi::access_mask(op_in).ok_or_else(bad)?)?;
-            Ok(0)
-        }
-        opcode::FORGET => {
-            fs.forget(1);
-            Ok(0)
-        }
-        opcode::BATCH_FORGET => {
-            fs.forget(u64::from(abi::batch_forget_count(op_in).unwrap_or(0)));
             Ok(0)
         }
         opcode::IOCTL => Err(fs.refuse(Errno::ENOTTY)),

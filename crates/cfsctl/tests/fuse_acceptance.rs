@@ -38,7 +38,7 @@ use common::{assert_nothing_mounted_under, content_difference, mount_at, pattern
 use fuse_support::{
     cfsctl, composefs_info, content_diff, count_entries, dev_of, digest_store_image, eio, errno_of,
     fuse_available, make_dir, mkcomposefs, read_file, repo_image, test_dir, with_timeout,
-    BackgroundMount, Server, TOOL_TIMEOUT, WALK_TIMEOUT,
+    BackgroundMount, Server, UringSwitch, TOOL_TIMEOUT, WALK_TIMEOUT,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -282,6 +282,22 @@ fn check_round_trip(image_dump: &[u8], src: &Path, mnt: &Path, scratch: &Path, w
 // 1. Dumpfile round trip
 // ---------------------------------------------------------------------------------------------
 
+/// Start `fuse-serve -o OPTS` of `img` on `mnt` and check the round trip through it; the
+/// server is left running for the caller's own checks.
+fn serve_and_round_trip(
+    img: &SourceImage,
+    want: &[u8],
+    opts: &str,
+    mnt: &Path,
+    tmp: &Path,
+) -> Server {
+    let log = tmp.join(format!("serve-{opts}.log"));
+    let server = Server::fuse_serve(&img.image, &img.objects, opts, mnt, &log);
+    assert_eq!(mount_at(mnt).map(|m| m.fstype), Some("fuse".to_owned()));
+    check_round_trip(want, &img.src, mnt, tmp, &format!("fuse-serve -o '{opts}'"));
+    server
+}
+
 #[test]
 fn dumpfile_round_trip_over_fuse_serve() {
     if !fuse_available("FUSE dumpfile round trip (fuse-serve)") {
@@ -293,16 +309,7 @@ fn dumpfile_round_trip_over_fuse_serve() {
         let want = image_dump(&img.image);
         let mnt = make_dir(tmp.path(), "mnt");
         for opts in ["", "passthrough"] {
-            let log = tmp.path().join(format!("serve-{opts}.log"));
-            let mut server = Server::fuse_serve(&img.image, &img.objects, opts, &mnt, &log);
-            assert_eq!(mount_at(&mnt).map(|m| m.fstype), Some("fuse".to_owned()));
-            check_round_trip(
-                &want,
-                &img.src,
-                &mnt,
-                tmp.path(),
-                &format!("fuse-serve -o '{opts}'"),
-            );
+            let mut server = serve_and_round_trip(&img, &want, opts, &mnt, tmp.path());
             server.stop();
         }
     }
@@ -339,29 +346,6 @@ fn dumpfile_round_trip_over_mount_fuse() {
     assert_nothing_mounted_under(tmp.path());
 }
 
-/// The fuse module's `enable_uring` switch, turned on for as long as this lives (FUSE over
-/// io_uring is off by default) and put back afterwards.
-struct UringSwitch {
-    path: PathBuf,
-    before: String,
-}
-
-impl UringSwitch {
-    /// `None` when the kernel has no FUSE over io_uring at all (no switch).
-    fn on() -> Option<UringSwitch> {
-        let path = PathBuf::from("/sys/module/fuse/parameters/enable_uring");
-        let before = fs::read_to_string(&path).ok()?;
-        fs::write(&path, "Y").unwrap_or_else(|e| panic!("turning on {}: {e}", path.display()));
-        Some(UringSwitch { path, before })
-    }
-}
-
-impl Drop for UringSwitch {
-    fn drop(&mut self) {
-        let _ = fs::write(&self.path, self.before.trim());
-    }
-}
-
 /// FUSE over io_uring (`-o uring`): the same view as through `/dev/fuse`, with and without
 /// passthrough, and every external file reads back right from a reader pinned to each CPU (each
 /// CPU has its own queue and worker).
@@ -386,9 +370,8 @@ fn dumpfile_round_trip_over_io_uring_queues() {
         let external = external_files(&want);
         let mnt = make_dir(tmp.path(), "mnt");
         for opts in ["uring", "uring,passthrough"] {
-            let log = tmp.path().join(format!("serve-{opts}.log"));
-            let mut server = Server::fuse_serve(&img.image, &img.objects, opts, &mnt, &log);
-            let text = server.log_text();
+            let mut server = serve_and_round_trip(&img, &want, opts, &mnt, tmp.path());
+            let text = server.serving_log();
             if text.contains("io_uring unavailable") {
                 server.stop();
                 skip(
@@ -400,13 +383,6 @@ fn dumpfile_round_trip_over_io_uring_queues() {
             assert!(
                 text.contains("io_uring queue worker(s)"),
                 "-o {opts}: the server does not say it serves io_uring queues:\n{text}"
-            );
-            check_round_trip(
-                &want,
-                &img.src,
-                &mnt,
-                tmp.path(),
-                &format!("fuse-serve -o '{opts}'"),
             );
             for cpu in 0..cpus {
                 for rel in external.iter().take(8) {

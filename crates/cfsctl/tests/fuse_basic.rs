@@ -279,7 +279,7 @@ fn bad_images_and_options_are_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("passthrough, uring, threads=N"),
+        stderr.contains(cfs_fuse::VALID_OPTIONS),
         "the error must list the valid options: {stderr}"
     );
 }

@@ -34,8 +34,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::source_tree::generate_bulk_tree;
-use common::{assert_nothing_mounted_under, mount_at};
-use fuse_support::{digest_store_image, fuse_available, make_dir, test_dir, CounterTable, Server};
+use common::{assert_nothing_mounted_under, mount_at, skip};
+use fuse_support::{
+    digest_store_image, fuse_available, make_dir, test_dir, CounterTable, Server, UringSwitch,
+};
 use rustix::fs::Advice;
 use rustix::process::Signal;
 use sha2::{Digest as _, Sha256};
@@ -356,6 +358,34 @@ fn concurrent_readers_then_sigterm() {
     if !fuse_available("FUSE stress test") {
         return;
     }
+    stress("");
+}
+
+/// The same over FUSE's io_uring queues, whose workers (one per CPU) take every request but
+/// INIT, FORGET and INTERRUPT.
+#[test]
+fn concurrent_readers_over_io_uring_then_sigterm() {
+    if !fuse_available("FUSE stress test over io_uring") {
+        return;
+    }
+    let Some(_switch) = UringSwitch::on() else {
+        skip(
+            "FUSE stress test over io_uring",
+            "this kernel's fuse module has no enable_uring switch (Linux 6.14+)",
+        );
+        return;
+    };
+    stress("uring");
+}
+
+/// 4×nproc readers walk and read a 20k-file tree through `fuse-serve -o OPTS` for
+/// [`stress_duration`], then again until SIGTERM.
+fn stress(opts: &str) {
+    // Two stress runs at once would only measure each other.
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let duration = stress_duration();
     let readers = 4 * std::thread::available_parallelism().map_or(1, |n| n.get());
     let tmp = test_dir("cfs-fuse-stress-");
@@ -374,9 +404,17 @@ fn concurrent_readers_then_sigterm() {
         digest_store_image(&src, &image, &objects, Duration::from_secs(600));
         let mnt = make_dir(tmp.path(), "mnt");
         let log = tmp.path().join("serve.log");
-        let mut server = Server::fuse_serve(&image, &objects, "", &mnt, &log);
+        let mut server = Server::fuse_serve(&image, &objects, opts, &mnt, &log);
+        if opts.contains("uring") {
+            let text = server.serving_log();
+            assert!(
+                text.contains("io_uring queue worker(s)"),
+                "-o {opts}: the server does not serve io_uring queues:\n{text}"
+            );
+        }
         let mut report = vec![format!(
-            "{FILES} files ({} MiB), {readers} readers, server pid {}, set up in {:.1} s",
+            "-o '{opts}': {FILES} files ({} MiB), {readers} readers, server pid {}, set up in \
+             {:.1} s",
             total >> 20,
             server.pid(),
             setup.elapsed().as_secs_f64()

@@ -385,6 +385,23 @@ impl Server {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The server's log once it has said it is serving (the mount shows up a moment before
+    /// the server logs it); panics after [`READY_TIMEOUT`].
+    pub fn serving_log(&self) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.log_text();
+            if text.contains("serving at ") {
+                return text;
+            }
+            assert!(
+                start.elapsed() < READY_TIMEOUT,
+                "the server never said it is serving:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Send `sig` to the server.
     pub fn signal(&mut self, sig: Signal) {
         let pid = Pid::from_child(self.child.as_ref().expect("the server is running"));
@@ -604,5 +621,28 @@ impl Drop for BackgroundMount {
                 let _ = kill_process(pid, Signal::KILL);
             }
         }
+    }
+}
+
+/// The fuse module's `enable_uring` switch, turned on for as long as this lives (FUSE over
+/// io_uring is off by default) and put back afterwards.
+pub struct UringSwitch {
+    path: PathBuf,
+    before: String,
+}
+
+impl UringSwitch {
+    /// `None` when the kernel has no FUSE over io_uring at all (no switch).
+    pub fn on() -> Option<UringSwitch> {
+        let path = PathBuf::from("/sys/module/fuse/parameters/enable_uring");
+        let before = fs::read_to_string(&path).ok()?;
+        fs::write(&path, "Y").unwrap_or_else(|e| panic!("turning on {}: {e}", path.display()));
+        Some(UringSwitch { path, before })
+    }
+}
+
+impl Drop for UringSwitch {
+    fn drop(&mut self) {
+        let _ = fs::write(&self.path, self.before.trim());
     }
 }
