@@ -2,8 +2,9 @@
 # FUSE server benchmark (issue 4, item 6). Prints a Markdown report on stdout, progress on stderr.
 #
 # One image per tree, served in one run by: the kernel composefs mount (`cfsctl mount`: EROFS +
-# overlayfs), our FUSE server (`cfsctl fuse-serve`, 1 and N worker threads, each with and without
-# passthrough) and `squashfuse_ll` on an uncompressed squashfs of the same tree. Trees: a
+# overlayfs), our FUSE server (`cfsctl fuse-serve`, 1 and N worker threads on /dev/fuse and
+# FUSE over io_uring with one queue per CPU, each with and without passthrough) and
+# `squashfuse_ll` on an uncompressed squashfs of the same tree. Trees: a
 # generated deterministic tree (50k files of mixed sizes in dirs of mixed sizes, plus a 512 MiB
 # file) and a real distro tree (default /usr). Workloads, each cold (unmount, drop caches,
 # remount before every run) and warm (the same mount again, after one warm-up run):
@@ -20,15 +21,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # ---- mounting, shared with the `--remount` mode hyperfine's --prepare calls -------------------
-# Configurations: kernel, squashfuse_ll, fuse-{1,N}[-pt][-verify]. Every FUSE configuration but
-# the -verify one runs with verify=off: the kernel mount of an insecure repository checks no
-# digests either, so that is the like-for-like comparison.
+# Configurations: kernel, squashfuse_ll, fuse-{1,N,U}[-pt][-verify] (U: `-o uring`). Every FUSE
+# configuration but the -verify one runs with verify=off: the kernel mount of an insecure
+# repository checks no digests either, so that is the like-for-like comparison.
 fuse_opts() {
     local cfg=$1 threads opts
     threads=${cfg#fuse-}
     threads=${threads%%-*}
     [[ $threads == N ]] && threads=$(nproc)
     opts="threads=$threads"
+    [[ $threads == U ]] && opts="uring"
     [[ $cfg == *-pt* ]] && opts+=",passthrough"
     [[ $cfg == *-verify ]] || opts+=",verify=off"
     echo "$opts"
@@ -54,6 +56,16 @@ start_cfg() {
         squashfuse_ll -f "$work/$t.sqfs" "$mnt" </dev/null >/dev/null 2>>"$log" &
         pid=$!
         ;;
+    fuse-U*)
+        # The server says whether it got its io_uring queues only in its log.
+        if [[ $log == /dev/null ]]; then
+            log=$work/log/start.$t.$cfg
+            : >"$log"
+        fi
+        "$bin/cfsctl" fuse-serve --objects "$work/repo/objects" -o "$(fuse_opts "$cfg")" \
+            "$work/repo/images/$(cat "$work/id.$t")" "$mnt" </dev/null >/dev/null 2>>"$log" &
+        pid=$!
+        ;;
     fuse-*)
         "$bin/cfsctl" fuse-serve --objects "$work/repo/objects" -o "$(fuse_opts "$cfg")" \
             "$work/repo/images/$(cat "$work/id.$t")" "$mnt" </dev/null >/dev/null 2>>"$log" &
@@ -66,7 +78,10 @@ start_cfg() {
     esac
     [[ -n $pid ]] && echo "$pid" >"$work/pid.$t"
     for ((i = 0; i < 3000; i++)); do
-        [[ $(stat -c %d "$mnt") != "$dev" ]] && return 0
+        if [[ $(stat -c %d "$mnt") != "$dev" ]]; then
+            [[ $cfg == fuse-U* ]] && { uring_check "$log" || return 1; }
+            return 0
+        fi
         if [[ -n $pid ]] && ! alive "$pid"; then
             echo "fuse.sh: $cfg server for $t exited before mounting" >&2
             return 1
@@ -74,6 +89,19 @@ start_cfg() {
         sleep 0.01
     done
     echo "fuse.sh: $cfg did not mount $t within 30 s" >&2
+    return 1
+}
+
+# Did the server whose log is $1 get io_uring queues? (It logs so just after the mount appears.)
+uring_check() {
+    local i
+    for ((i = 0; i < 500; i++)); do
+        grep -q "io_uring queue worker" "$1" && return 0
+        grep -q "serving at" "$1" && break
+        sleep 0.01
+    done
+    echo "fuse.sh: no io_uring queues:" >&2
+    cat "$1" >&2
     return 1
 }
 
@@ -150,6 +178,18 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# FUSE over io_uring is off in the fuse module by default: on for the run, then put back.
+uring_switch=/sys/module/fuse/parameters/enable_uring
+if [[ -w $uring_switch ]]; then
+    uring_before=$(cat "$uring_switch")
+    echo Y >"$uring_switch"
+    trap 'echo "$uring_before" >"$uring_switch"; cleanup' EXIT
+    uring_cfgs=(fuse-U fuse-U-pt)
+else
+    echo "fuse.sh: WARNING: this kernel has no FUSE over io_uring ($uring_switch);" \
+        "the fuse-uring configurations are left out" >&2
+    uring_cfgs=()
+fi
 mkdir -p "$work/mnt/tiny" "$work/mnt/syn" "$work/mnt/real" "$work/res" "$work/log"
 progress() { echo "[fuse.sh $(date +%T)] $*" >&2; }
 
@@ -229,7 +269,7 @@ counted_run() {
     stop_cfg "$t"
 }
 
-fuse_cfgs=(fuse-1 fuse-N fuse-1-pt fuse-N-pt)
+fuse_cfgs=(fuse-1 fuse-N fuse-1-pt fuse-N-pt "${uring_cfgs[@]}")
 sync
 progress "timing: $runs warm and $cold_runs cold runs per case"
 for cfg in kernel "${fuse_cfgs[@]}" squashfuse_ll; do
@@ -238,7 +278,7 @@ done
 bench syn fuse-N-pt-verify tar seq
 # Passthrough changes nothing for a walk (no file is opened), so the real tree is walked
 # without the -pt variants.
-for cfg in kernel fuse-1 fuse-N squashfuse_ll; do
+for cfg in kernel fuse-1 fuse-N "${uring_cfgs[@]:0:1}" squashfuse_ll; do
     bench real "$cfg" find
 done
 
@@ -247,7 +287,7 @@ for t in syn real; do
     start_cfg kernel "$t"
     find "$work/mnt/$t" -printf '%p %s %m %T@\n' | sort | md5sum >"$work/res/walk.$t.kernel.md5"
     stop_cfg "$t"
-    for cfg in fuse-1 fuse-N; do
+    for cfg in fuse-1 fuse-N "${uring_cfgs[@]:0:1}"; do
         counted_walk "$t" "$cfg"
     done
 done
@@ -359,7 +399,8 @@ sizes = dict(l.split() for l in open(f"{work}/res/sizes"))
 N = f"fuse-{ncpu}"
 
 def label(cfg):
-    return cfg.replace("fuse-N", N).replace("-pt", " passthrough").replace("-verify", " verify=on")
+    return (cfg.replace("fuse-N", N).replace("fuse-U", "fuse-uring").replace("-pt", " passthrough")
+            .replace("-verify", " verify=on"))
 
 res = {}
 for path in glob.glob(f"{work}/res/*.json"):
@@ -400,7 +441,8 @@ print("- Configurations: **kernel** = `cfsctl mount` (EROFS + overlayfs, insecur
       f"**fuse-1 / {N}** = `cfsctl fuse-serve -o threads=1|{ncpu},verify=off` (the kernel mount of "
       "an insecure repository checks no digests either); **passthrough** adds `passthrough`; "
       f"**{N} passthrough verify=on** is the default verification (each object hashed on its first "
-      "open per mount); **squashfuse_ll** 0.1.105 on an uncompressed squashfs "
+      "open per mount); **fuse-uring** = `-o uring,verify=off`: FUSE over io_uring, one queue per "
+      "CPU served by a worker pinned to that CPU; **squashfuse_ll** 0.1.105 on an uncompressed squashfs "
       "(`mksquashfs -noI -noD -noF -noX`).")
 print(f"- Cold: unmount, `echo 3 > /proc/sys/vm/drop_caches`, mount again before every run "
       f"({cold_runs} runs). Warm: the same mount after one warm-up run (at least {runs} runs, and at least 3 s of them, so the 40 ms warm reads get ~70). Times are "
@@ -414,7 +456,9 @@ workloads = [
     ("syn", "tar", f"`tar cf - . | cat`, generated tree ({int(bytes_syn) / 2**30:.2f} GiB)"),
     ("syn", "seq", "`dd bs=1M` of the 512 MiB file"),
 ]
-order = ["kernel", "fuse-1", "fuse-N", "fuse-1-pt", "fuse-N-pt", "fuse-N-pt-verify", "squashfuse_ll"]
+order = ["kernel", "fuse-1", "fuse-N", "fuse-1-pt", "fuse-N-pt", "fuse-N-pt-verify", "fuse-U",
+         "fuse-U-pt", "squashfuse_ll"]
+uring = os.path.exists(f"{work}/log/tar.syn.fuse-U")
 for t, w, title in workloads:
     print(f"### {title}")
     print()
@@ -452,7 +496,7 @@ print("|---|---|---|---|---|---|---|---|---|---|---|")
 per_entry = {}
 for t in ("syn", "real"):
     kmd5 = open(f"{work}/res/walk.{t}.kernel.md5").read()
-    for cfg in ("fuse-1", "fuse-N"):
+    for cfg in ("fuse-1", "fuse-N") + (("fuse-U",) if uring else ()):
         blocks = counters(f"{work}/log/walk.{t}.{cfg}")
         cold, total = blocks[0], blocks[-1]
         n = cold["TOTAL"]
@@ -467,7 +511,8 @@ print()
 print("| workload | configuration | requests | OPEN | READ | MiB read via READ | avg READ KiB | FLUSH etc. (OTHER) |")
 print("|---|---|---|---|---|---|---|---|")
 for w in ("tar", "seq"):
-    for cfg in ("fuse-1", "fuse-N", "fuse-1-pt", "fuse-N-pt", "fuse-N-pt-verify"):
+    for cfg in ("fuse-1", "fuse-N", "fuse-1-pt", "fuse-N-pt", "fuse-N-pt-verify") + (
+            ("fuse-U", "fuse-U-pt") if uring else ()):
         c = counters(f"{work}/log/{w}.syn.{cfg}")[-1]
         avg = c["READ_BYTES"] / c["READ"] / 1024 if c["READ"] else 0
         print(f"| {w} | {label(cfg)} | {c['TOTAL']} | {c['OPEN']} | {c['READ']} | "
@@ -506,8 +551,10 @@ def target(name, checks):
     ok = all(c for _, c in checks)
     rows.append((name, "; ".join(t for t, _ in checks), "met" if ok else "**missed**"))
 
-for cfgs, tag in ((("fuse-1",), "1 thread"), (("fuse-N",), f"{ncpu} threads")):
-    cfg = cfgs[0]
+tags = [("fuse-1", "1 thread"), ("fuse-N", f"{ncpu} threads")]
+if uring:
+    tags.append(("fuse-U", "io_uring"))
+for cfg, tag in tags:
     target(f"cold walk ≤ 1.5× kernel ({tag})",
            [(f"{t}: {ratio(t, 'find', 'cold', cfg):.2f}×", ratio(t, "find", "cold", cfg) <= 1.5) for t in ("syn", "real")])
     target(f"cold walk ≥ 3× faster than squashfuse_ll ({tag})",
