@@ -114,20 +114,6 @@ impl<R: Read> Read for Tee<R> {
     }
 }
 
-/// Read until `buf` is full or the input ends; returns the count.
-fn read_up_to(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match src.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
-}
-
 /// Size of the pieces of uncompressed tar passed from the decompressing thread to the parser.
 const TAR_CHUNK: usize = 256 << 10;
 /// Pieces in flight between the two.
@@ -156,7 +142,7 @@ fn inflate(
 ) {
     let result = (|| -> io::Result<Option<OciDigest>> {
         let mut magic = [0u8; 4];
-        let n = read_up_to(blob, &mut magic)?;
+        let n = cfs_repo::read_full(blob, &mut magic)?;
         let head = &magic[..n];
         let mut hasher = BlobHasher::new(algorithm);
         {
@@ -170,7 +156,7 @@ fn inflate(
                 // A recycled buffer was cut to its data; growing it back only zeroes the tail.
                 let mut buf = spare.try_recv().unwrap_or_default();
                 buf.resize(TAR_CHUNK, 0);
-                let n = read_up_to(&mut *decompressed, &mut buf)?;
+                let n = cfs_repo::read_full(&mut *decompressed, &mut buf)?;
                 if n == 0 {
                     break;
                 }
@@ -183,7 +169,7 @@ fn inflate(
             }
         }
         let mut trailing = [0u8; 1];
-        if read_up_to(blob, &mut trailing)? != 0 {
+        if cfs_repo::read_full(blob, &mut trailing)? != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "trailing data after the compressed stream",

@@ -184,11 +184,12 @@ async fn pump(
     let mut read_error = None;
     while received < size && forward {
         let want = usize::try_from(size - received).map_or(CHUNK, |r| r.min(CHUNK));
-        let mut buf = vec![0u8; want];
-        match tokio::time::timeout(STALL, reader.read(&mut buf)).await {
+        // Read into spare capacity: a pipe read returns far less than a chunk, and zeroing
+        // the whole chunk first cost more than the read.
+        let mut buf = Vec::with_capacity(want);
+        match tokio::time::timeout(STALL, reader.read_buf(&mut buf)).await {
             Err(_) | Ok(Ok(0)) => break,
             Ok(Ok(n)) => {
-                buf.truncate(n);
                 received += n as u64;
                 forward = tx.send(Ok(buf)).await.is_ok();
             }
@@ -202,13 +203,12 @@ async fn pump(
     let rest = async move {
         let mut extra = 0u64;
         loop {
-            let mut buf = vec![0u8; CHUNK];
-            match reader.read(&mut buf).await {
+            let mut buf = Vec::with_capacity(CHUNK);
+            match reader.read_buf(&mut buf).await {
                 Ok(0) => return Ok(extra),
                 Ok(n) => {
                     extra += n as u64;
                     if forward {
-                        buf.truncate(n);
                         forward = tx_ref.send(Ok(buf)).await.is_ok();
                     }
                 }

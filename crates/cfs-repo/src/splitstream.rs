@@ -734,20 +734,11 @@ impl fmt::Debug for Chunks<'_> {
 impl Chunks<'_> {
     /// Read exactly `buf.len()` bytes; `Ok(false)` on a clean EOF before the first byte.
     fn read_full(&mut self, buf: &mut [u8]) -> Result<bool, SplitStreamError> {
-        let mut filled = 0;
-        while filled < buf.len() {
-            match self.decoder.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(SplitStreamError::Zstd {
-                        what: "stream",
-                        source,
-                    })
-                }
-            }
-        }
+        let filled =
+            crate::read_full(&mut self.decoder, buf).map_err(|source| SplitStreamError::Zstd {
+                what: "stream",
+                source,
+            })?;
         if filled == 0 {
             return Ok(false);
         }

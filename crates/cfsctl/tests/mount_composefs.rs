@@ -141,17 +141,6 @@ fn run_fails(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `umount MNT` must succeed and leave nothing mounted there.
-fn umount(guard: MountGuard) {
-    run_ok(Command::new("umount").arg(guard.path()), TIMEOUT);
-    assert!(
-        mount_at(guard.path()).is_none(),
-        "umount left {} mounted",
-        guard.path().display()
-    );
-    guard.disarm();
-}
-
 /// The mount at `mnt` is our overlay with `source`, read-only or not.
 fn check_mountinfo(mnt: &Path, source: &str, read_only: bool) {
     let info = mount_at(mnt).unwrap_or_else(|| panic!("nothing mounted at {}", mnt.display()));
@@ -182,7 +171,7 @@ fn mount_composefs_shows_the_source_tree() {
     assert_trees_equal(&s.src, &s.mnt, &opts);
     let err = fs::write(s.mnt.join("new"), b"x").expect_err("read-only");
     assert_eq!(err.raw_os_error(), Some(30), "EROFS expected: {err}");
-    umount(guard);
+    guard.umount();
 
     // cfsctl mount.composefs …, with util-linux's argument order.
     run_ok(
@@ -197,7 +186,7 @@ fn mount_composefs_shows_the_source_tree() {
     let guard = MountGuard::adopt(&s.mnt);
     check_mountinfo(&s.mnt, "composefs:image.cfs", true);
     assert_trees_equal(&s.src, &s.mnt, &opts);
-    umount(guard);
+    guard.umount();
     assert_nothing_mounted_under(s.tmp.path());
 }
 
@@ -229,7 +218,7 @@ fn writable_mount_with_upperdir() {
         fs::read(s.mnt.join("big")).expect("read big"),
         pattern(1, 200_000)
     );
-    umount(guard);
+    guard.umount();
 }
 
 #[test]
@@ -274,7 +263,7 @@ fn digest_option_checks_the_image() {
     );
     let err = fs::read(s.mnt.join("big")).expect_err("verity=require without fs-verity");
     assert_eq!(err.raw_os_error(), Some(5), "EIO expected: {err}");
-    umount(guard);
+    guard.umount();
 }
 
 #[test]
@@ -383,7 +372,7 @@ fn mount_t_composefs_runs_our_helper() {
     let guard = MountGuard::adopt(&s.mnt);
     check_mountinfo(&s.mnt, "composefs:image.cfs", true);
     assert_trees_equal(&s.src, &s.mnt, &CompareOptions::default());
-    umount(guard);
+    guard.umount();
 
     // The helper's message reaches the user through mount(8).
     let out = run(Command::new("mount")

@@ -294,17 +294,6 @@ fn assert_not_mounted(mnt: &Path) {
     }
 }
 
-/// Plain `umount MNT` must undo the mount.
-fn umount(guard: MountGuard) {
-    run_ok(Command::new("umount").arg(guard.path()), TIMEOUT);
-    assert!(
-        mount_at(guard.path()).is_none(),
-        "umount left {} mounted",
-        guard.path().display()
-    );
-    guard.disarm();
-}
-
 /// The mount at `mnt` is a composefs overlay named `source` over `objects` as data layer.
 fn check_overlay(mnt: &Path, source: &str, objects: &Path, read_only: bool) {
     let info = mount_at(mnt).unwrap_or_else(|| panic!("nothing mounted at {}", mnt.display()));
@@ -354,7 +343,7 @@ fn created_image_mounts_identical_to_the_source() {
         assert_trees_equal(&src, &mnt, &opts);
         let err = fs::write(mnt.join("new"), b"x").expect_err("a read-only mount");
         assert_eq!(err.raw_os_error(), Some(30), "EROFS expected: {err}");
-        umount(guard);
+        guard.umount();
     }
 
     // util-linux `mount -t composefs` on the image file, through /sbin/mount.composefs.
@@ -372,7 +361,7 @@ fn created_image_mounts_identical_to_the_source() {
             );
             check_overlay(&mnt, &source, &objects, true);
             assert_trees_equal(&src, &mnt, &opts);
-            umount(guard);
+            guard.umount();
             drop(helper);
         }
     }
@@ -396,7 +385,7 @@ fn created_image_mounts_identical_to_the_source() {
         fs::read(mnt.join("s1m")).expect("read s1m"),
         fs::read(src.join("s1m")).expect("read source s1m")
     );
-    umount(guard);
+    guard.umount();
     assert_eq!(
         fs::read(upper.join("written")).expect("upper/written"),
         b"through the overlay"
@@ -710,7 +699,7 @@ fn gc_removes_exactly_the_unreachable() {
     let mnt = mkdir(tmp.path().join("mnt"));
     let guard = repo.mount("a", &mnt, &[]);
     assert_trees_equal(&a, &mnt, &CompareOptions::default());
-    umount(guard);
+    guard.umount();
     assert_nothing_mounted_under(tmp.path());
 }
 
@@ -816,7 +805,7 @@ fn gc_racing_create_image_loses_nothing() {
     let mnt = mkdir(tmp.path().join("mnt"));
     let guard = repo.mount("t", &mnt, &[]);
     assert_trees_equal(&t_src, &mnt, &CompareOptions::default());
-    umount(guard);
+    guard.umount();
     assert_nothing_mounted_under(tmp.path());
 }
 
@@ -971,7 +960,7 @@ fn a_missing_object_fails_on_open_never_silently() {
             "{rel}"
         );
     }
-    umount(guard);
+    guard.umount();
     assert_nothing_mounted_under(tmp.path());
 }
 

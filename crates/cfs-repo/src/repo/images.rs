@@ -12,7 +12,7 @@ use rustix::io::Errno;
 
 use super::fsutil;
 use super::objects::object_rel;
-use super::{validate_ref_name, RepoError, Repository, Resolved};
+use super::{invalid_name, validate_ref_name, RepoError, Repository, Resolved};
 
 /// One name of an image ([`Repository::list_images`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,12 +27,7 @@ pub struct ImageInfo {
 
 /// Refuse names that could leave `images/` or `streams/`.
 fn validate_lookup_name(name: &str) -> Result<(), RepoError> {
-    let bad = |reason| {
-        Err(RepoError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(invalid_name(name, reason));
     if name.is_empty() {
         return bad("it is empty");
     }

@@ -534,15 +534,18 @@ impl Repository {
     }
 }
 
+/// The error for a name refused for `reason`.
+pub(crate) fn invalid_name(name: &str, reason: &'static str) -> RepoError {
+    RepoError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    }
+}
+
 /// Check a name used below `images/refs/` or `streams/refs/`: relative, `/`-separated, no empty,
 /// `.` or `..` components, no NUL.
 pub(crate) fn validate_ref_name(name: &str) -> Result<(), RepoError> {
-    let bad = |reason| {
-        Err(RepoError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(invalid_name(name, reason));
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -571,16 +574,10 @@ pub(crate) fn validate_ref_name(name: &str) -> Result<(), RepoError> {
 pub(crate) fn validate_leaf_name(name: &str) -> Result<(), RepoError> {
     validate_ref_name(name)?;
     if name.contains('/') {
-        return Err(RepoError::InvalidName {
-            name: name.to_owned(),
-            reason: "it contains '/'",
-        });
+        return Err(invalid_name(name, "it contains '/'"));
     }
     if name == "refs" {
-        return Err(RepoError::InvalidName {
-            name: name.to_owned(),
-            reason: "'refs' is reserved",
-        });
+        return Err(invalid_name(name, "'refs' is reserved"));
     }
     Ok(())
 }

@@ -66,20 +66,6 @@ pub(crate) fn object_rel(digest: &Digest) -> String {
     format!("objects/{}", digest.object_path())
 }
 
-/// Read as much of `src` as fits in `buf` (less only at EOF).
-fn read_full(src: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match src.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 /// fs-verity digest of the whole content of `fd` (read with `pread`, offset untouched).
 pub(crate) fn digest_fd(fd: BorrowedFd<'_>, algorithm: Algorithm) -> io::Result<(Digest, u64)> {
     let size = rustix::fs::fstat(fd)?.st_size as u64;
@@ -238,7 +224,8 @@ impl Repository {
                 .map_or(IMPORT_CHUNK, |s| s.clamp(4096, IMPORT_CHUNK))
         });
         buf.resize(first, 0);
-        let mut n = read_full(&mut src, buf).map_err(|source| RepoError::Import { source })?;
+        let mut n =
+            crate::read_full(&mut src, buf).map_err(|source| RepoError::Import { source })?;
         if n < buf.len() {
             // All of it fits in memory: hash first, so a duplicate is never written at all.
             let data = &buf[..n];
@@ -257,7 +244,7 @@ impl Repository {
             if let Err(e) = fsutil::write_all_fd(tmp.fd(), &buf[..n]) {
                 break Err(self.io_err("objects", e));
             }
-            match read_full(&mut src, buf) {
+            match crate::read_full(&mut src, buf) {
                 Ok(0) => break Ok(()),
                 Ok(got) => n = got,
                 Err(source) => break Err(RepoError::Import { source }),

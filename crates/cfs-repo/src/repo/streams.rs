@@ -12,7 +12,7 @@ use rustix::fs::FileType;
 
 use super::fsutil;
 use super::objects::object_rel;
-use super::{validate_leaf_name, validate_ref_name, RepoError, Repository, Resolved};
+use super::{invalid_name, validate_leaf_name, validate_ref_name, RepoError, Repository, Resolved};
 use crate::splitstream::{SplitStream, SplitStreamError, SplitStreamWriter};
 
 /// One name of a stream ([`Repository::list_streams`]).
@@ -176,9 +176,11 @@ impl Repository {
     /// such as `refs/oci/tag`), or, when that does not exist and `name` has no `/`,
     /// `streams/refs/<name>`.
     fn stream_entry(&self, name: &str) -> Result<String, RepoError> {
-        validate_ref_name(name).map_err(|_| RepoError::InvalidName {
-            name: name.to_owned(),
-            reason: "not a stream name (relative, no empty, '.' or '..' components)",
+        validate_ref_name(name).map_err(|_| {
+            invalid_name(
+                name,
+                "not a stream name (relative, no empty, '.' or '..' components)",
+            )
         })?;
         let direct = format!("streams/{name}");
         if self.exists(&direct)? {

@@ -385,6 +385,21 @@ impl MountGuard {
     pub fn disarm(self) {
         std::mem::forget(self);
     }
+
+    /// Plain `umount MNT` (the way a user undoes a mount) must succeed and leave nothing
+    /// mounted there.
+    pub fn umount(self) {
+        run_ok(
+            Command::new("umount").arg(self.path()),
+            Duration::from_secs(60),
+        );
+        assert!(
+            mount_at(self.path()).is_none(),
+            "umount left {} mounted",
+            self.path().display()
+        );
+        self.disarm();
+    }
 }
 
 impl Drop for MountGuard {
@@ -845,20 +860,6 @@ fn xattr_differences(
     out
 }
 
-/// Fill `buf` from `r` as far as possible; the count is short only at EOF.
-fn read_full(r: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
-
 /// `None` if the files hold the same bytes, else what differs.
 pub fn content_difference(expected: &Path, actual: &Path) -> Option<String> {
     let open = |p: &Path| File::open(p).map_err(|e| format!("cannot open {p:?}: {e}"));
@@ -870,11 +871,11 @@ pub fn content_difference(expected: &Path, actual: &Path) -> Option<String> {
     let mut buf_b = vec![0u8; 1 << 16];
     let mut offset = 0u64;
     loop {
-        let na = match read_full(&mut a, &mut buf_a) {
+        let na = match cfs_repo::read_full(&mut a, &mut buf_a) {
             Ok(n) => n,
             Err(e) => return Some(format!("read error in {expected:?} at {offset}: {e}")),
         };
-        let nb = match read_full(&mut b, &mut buf_b) {
+        let nb = match cfs_repo::read_full(&mut b, &mut buf_b) {
             Ok(n) => n,
             Err(e) => return Some(format!("read error in {actual:?} at {offset}: {e}")),
         };
