@@ -98,6 +98,11 @@ cmd_of() {
 
 for cfg in "${order[@]}"; do
     start "$cfg"
+    # The server logs whether it got its queues just after the mount appears.
+    for ((i = 0; i < 500; i++)); do
+        [[ $cfg == kernel ]] || grep -q "serving at" "$work/$cfg.log" && break
+        sleep 0.01
+    done
     if [[ $cfg == fuse-uring* ]] && ! grep -q "io_uring queue worker" "$work/$cfg.log"; then
         echo "fuse-uring.sh: $cfg did not get io_uring queues:" >&2
         cat "$work/$cfg.log" >&2
