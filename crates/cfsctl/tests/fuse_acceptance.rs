@@ -354,12 +354,7 @@ fn dumpfile_round_trip_over_io_uring_queues() {
     if !fuse_available("FUSE over io_uring") {
         return;
     }
-    let Some(_switch) = UringSwitch::on() else {
-        skip(
-            "FUSE over io_uring",
-            "this kernel has no /sys/module/fuse/parameters/enable_uring (Linux 6.14+ with \
-             CONFIG_FUSE_IO_URING)",
-        );
+    let Some(_switch) = UringSwitch::on("FUSE over io_uring") else {
         return;
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

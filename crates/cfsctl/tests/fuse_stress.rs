@@ -34,7 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::source_tree::generate_bulk_tree;
-use common::{assert_nothing_mounted_under, mount_at, skip};
+use common::{assert_nothing_mounted_under, mount_at};
 use fuse_support::{
     digest_store_image, fuse_available, make_dir, test_dir, CounterTable, Server, UringSwitch,
 };
@@ -368,11 +368,7 @@ fn concurrent_readers_over_io_uring_then_sigterm() {
     if !fuse_available("FUSE stress test over io_uring") {
         return;
     }
-    let Some(_switch) = UringSwitch::on() else {
-        skip(
-            "FUSE stress test over io_uring",
-            "this kernel's fuse module has no enable_uring switch (Linux 6.14+)",
-        );
+    let Some(_switch) = UringSwitch::on("FUSE stress test over io_uring") else {
         return;
     };
     stress("uring");

@@ -632,10 +632,18 @@ pub struct UringSwitch {
 }
 
 impl UringSwitch {
-    /// `None` when the kernel has no FUSE over io_uring at all (no switch).
-    pub fn on() -> Option<UringSwitch> {
+    /// `None`, said loudly (see [`skip`]), when the kernel has no FUSE over io_uring at all (no
+    /// switch); `what` names the test.
+    pub fn on(what: &str) -> Option<UringSwitch> {
         let path = PathBuf::from("/sys/module/fuse/parameters/enable_uring");
-        let before = fs::read_to_string(&path).ok()?;
+        let Ok(before) = fs::read_to_string(&path) else {
+            skip(
+                what,
+                "this kernel has no /sys/module/fuse/parameters/enable_uring (Linux 6.14+ with \
+                 CONFIG_FUSE_IO_URING)",
+            );
+            return None;
+        };
         fs::write(&path, "Y").unwrap_or_else(|e| panic!("turning on {}: {e}", path.display()));
         Some(UringSwitch { path, before })
     }
