@@ -335,10 +335,15 @@ impl Queue {
         ) as usize;
         let (unique, result) = match abi::InHeader::parse(&header[..abi::IN_HEADER_LEN]) {
             Some(h) => {
-                // The reply goes where the request's names are: copy them out first (only
-                // LOOKUP and GETXATTR have any; names are at most 255 bytes).
+                // The reply goes where the request's names are: copy them out first. Only
+                // LOOKUP and GETXATTR have any (at most 255 bytes); every other request skips
+                // the copy.
                 let mut names = [0u8; NAMES_MAX];
-                let input_len = payload_in.min(NAMES_MAX);
+                let input_len = if matches!(h.opcode, opcode::LOOKUP | opcode::GETXATTR) {
+                    payload_in.min(NAMES_MAX)
+                } else {
+                    0
+                };
                 if let (Some(dst), Some(src)) =
                     (names.get_mut(..input_len), entry.payload.get(..input_len))
                 {

@@ -351,9 +351,6 @@ fn dumpfile_round_trip_over_mount_fuse() {
 /// CPU has its own queue and worker).
 #[test]
 fn dumpfile_round_trip_over_io_uring_queues() {
-    if !fuse_available("FUSE over io_uring") {
-        return;
-    }
     let Some(_switch) = UringSwitch::on("FUSE over io_uring") else {
         return;
     };

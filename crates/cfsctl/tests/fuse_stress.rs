@@ -365,9 +365,6 @@ fn concurrent_readers_then_sigterm() {
 /// INIT, FORGET and INTERRUPT.
 #[test]
 fn concurrent_readers_over_io_uring_then_sigterm() {
-    if !fuse_available("FUSE stress test over io_uring") {
-        return;
-    }
     let Some(_switch) = UringSwitch::on("FUSE stress test over io_uring") else {
         return;
     };

@@ -632,9 +632,13 @@ pub struct UringSwitch {
 }
 
 impl UringSwitch {
-    /// `None`, said loudly (see [`skip`]), when the kernel has no FUSE over io_uring at all (no
-    /// switch); `what` names the test.
+    /// `None`, said loudly (see [`skip`]), when this process cannot serve FUSE mounts (see
+    /// [`fuse_available`]) or the kernel has no FUSE over io_uring at all (no switch); `what`
+    /// names the test.
     pub fn on(what: &str) -> Option<UringSwitch> {
+        if !fuse_available(what) {
+            return None;
+        }
         let path = PathBuf::from("/sys/module/fuse/parameters/enable_uring");
         let Ok(before) = fs::read_to_string(&path) else {
             skip(
