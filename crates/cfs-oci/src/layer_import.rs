@@ -1,8 +1,8 @@
 //! Importing one layer blob as the splitstream `oci-layer-<diff_id>` (FORMATS.md §5.2).
 //!
 //! The blob is decompressed (gzip, possibly multi-member; zstd, possibly multi-frame; or a
-//! plain tar, told apart by their magic bytes) on a thread of its own, which also computes the
-//! SHA-256 of the uncompressed tar (the `diff_id`) and hands the tar over in pieces. The `tar`
+//! plain tar, told apart by their magic bytes) on a thread of its own, which hands the tar over
+//! in pieces both to the parser and to a fourth thread hashing it (the `diff_id`). The `tar`
 //! crate walks the headers; every byte it reads goes through a [`Tee`] that appends it to the
 //! stream as inline data. For a regular file whose body is larger than 64 bytes, the tee is
 //! switched off and the body becomes an object: small bodies are hashed here and written by
@@ -20,6 +20,7 @@ use std::cell::RefCell;
 use std::io::{self, Read};
 use std::rc::Rc;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
 
 use cfs_format::Digest;
 use cfs_repo::repo::{ObjectWriter, RepoError, Repository};
@@ -119,10 +120,13 @@ const TAR_CHUNK: usize = 256 << 10;
 /// Pieces in flight between the two.
 const TAR_CHUNKS_IN_FLIGHT: usize = 8;
 
+/// A piece of uncompressed tar, read by both the parser and the diff_id hasher.
+type Piece = Arc<Vec<u8>>;
+
 /// What the decompressing thread sends the parser.
 enum Inflated {
     /// The next piece of the tar.
-    Data(Vec<u8>),
+    Data(Piece),
     /// The end of the tar, with its digest (the diff_id to check). Nothing followed the
     /// compressed stream.
     End(OciDigest),
@@ -130,53 +134,47 @@ enum Inflated {
     Failed(io::Error),
 }
 
-/// Decompress `blob` (gzip, zstd or plain, told by its magic bytes) into `out`, hashing the
-/// uncompressed tar with `algorithm`. Runs on its own thread: decompression and hashing the tar
-/// take about as long as everything the parser does, so the two overlap. Stops early when the
-/// parser hangs up.
+/// Whichever of the parser and the hasher lets go of a piece last hands its buffer back to the
+/// decompressor.
+fn recycle(piece: Piece, spare: &Sender<Vec<u8>>) {
+    if let Some(buf) = Arc::into_inner(piece) {
+        let _ = spare.send(buf);
+    }
+}
+
+/// Decompress `blob` (gzip, zstd or plain, told by its magic bytes) into `out`, while a thread
+/// of its own hashes the uncompressed tar with `algorithm`. Decompressing is the longest single
+/// task of an import, so hashing the tar (about a third of it again) goes elsewhere: the parser
+/// is busy with fs-verity, and a third thread lets the scheduler put it wherever a CPU is idle.
+/// Stops early when the parser hangs up.
 fn inflate(
     blob: &mut (dyn Read + Send),
     algorithm: crate::digest::DigestAlgorithm,
     out: &SyncSender<Inflated>,
-    spare: &Receiver<Vec<u8>>,
+    spare: (&Sender<Vec<u8>>, &Receiver<Vec<u8>>),
 ) {
-    let result = (|| -> io::Result<Option<OciDigest>> {
-        let mut magic = [0u8; 4];
-        let n = cfs_repo::read_full(blob, &mut magic)?;
-        let head = &magic[..n];
-        let mut hasher = BlobHasher::new(algorithm);
-        {
-            let src = head.chain(&mut *blob);
-            let mut decompressed: Box<dyn Read + '_> = match Compression::sniff(head) {
-                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(src)),
-                Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(src)?),
-                Compression::None => Box::new(src),
-            };
-            loop {
-                // A recycled buffer was cut to its data; growing it back only zeroes the tail.
-                let mut buf = spare.try_recv().unwrap_or_default();
-                buf.resize(TAR_CHUNK, 0);
-                let n = cfs_repo::read_full(&mut *decompressed, &mut buf)?;
-                if n == 0 {
-                    break;
+    let (give_back, spare) = spare;
+    let (to_hasher, hasher_input) = mpsc::sync_channel::<Piece>(TAR_CHUNKS_IN_FLIGHT);
+    let result = std::thread::scope(|scope| {
+        let give_back_hashed = give_back.clone();
+        let hasher = std::thread::Builder::new()
+            .name("cfs-diff-id".into())
+            .spawn_scoped(scope, move || {
+                let mut hasher = BlobHasher::new(algorithm);
+                for piece in hasher_input {
+                    hasher.update(&piece);
+                    recycle(piece, &give_back_hashed);
                 }
-                buf.truncate(n);
-                hasher.update(&buf);
-                if out.send(Inflated::Data(buf)).is_err() {
-                    // The parser stopped (it failed); nothing more is wanted.
-                    return Ok(None);
-                }
-            }
-        }
-        let mut trailing = [0u8; 1];
-        if cfs_repo::read_full(blob, &mut trailing)? != 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "trailing data after the compressed stream",
-            ));
-        }
-        Ok(Some(hasher.finish()))
-    })();
+                hasher.finish()
+            })?;
+        let fed = decompress_into(blob, out, &to_hasher, spare);
+        // The hasher ends when its input does.
+        drop(to_hasher);
+        let digest = hasher
+            .join()
+            .map_err(|_| io::Error::other("internal error: the diff_id hashing thread panicked"))?;
+        Ok(fed?.then_some(digest))
+    });
     let last = match result {
         Ok(Some(digest)) => Inflated::End(digest),
         Ok(None) => return,
@@ -185,11 +183,57 @@ fn inflate(
     let _ = out.send(last);
 }
 
+/// The decompressing loop of [`inflate`]: every piece goes to the parser (`out`) and to the
+/// hasher. Returns whether the whole blob was decompressed (false: the parser hung up).
+fn decompress_into(
+    blob: &mut (dyn Read + Send),
+    out: &SyncSender<Inflated>,
+    to_hasher: &SyncSender<Piece>,
+    spare: &Receiver<Vec<u8>>,
+) -> io::Result<bool> {
+    let mut magic = [0u8; 4];
+    let n = cfs_repo::read_full(blob, &mut magic)?;
+    let head = &magic[..n];
+    {
+        let src = head.chain(&mut *blob);
+        let mut decompressed: Box<dyn Read + '_> = match Compression::sniff(head) {
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(src)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(src)?),
+            Compression::None => Box::new(src),
+        };
+        loop {
+            // A recycled buffer was cut to its data; growing it back only zeroes the tail.
+            let mut buf = spare.try_recv().unwrap_or_default();
+            buf.resize(TAR_CHUNK, 0);
+            let n = cfs_repo::read_full(&mut *decompressed, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            buf.truncate(n);
+            let piece = Arc::new(buf);
+            if to_hasher.send(Arc::clone(&piece)).is_err()
+                || out.send(Inflated::Data(piece)).is_err()
+            {
+                // The parser stopped (it failed); nothing more is wanted.
+                return Ok(false);
+            }
+        }
+    }
+    let mut trailing = [0u8; 1];
+    if cfs_repo::read_full(blob, &mut trailing)? != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "trailing data after the compressed stream",
+        ));
+    }
+    Ok(true)
+}
+
 /// The parser's side of [`inflate`]: reads the pieces in order and hands emptied buffers back.
 struct TarPieces {
     pieces: Receiver<Inflated>,
     give_back: Sender<Vec<u8>>,
-    current: Vec<u8>,
+    current: Option<Piece>,
     at: usize,
     /// Set at the end of the tar: its digest.
     digest: Option<OciDigest>,
@@ -197,17 +241,27 @@ struct TarPieces {
 
 impl Read for TarPieces {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.at >= self.current.len() {
+        loop {
+            let left = self
+                .current
+                .as_deref()
+                .and_then(|piece| piece.get(self.at..))
+                .unwrap_or_default();
+            if !left.is_empty() {
+                let n = left.len().min(out.len());
+                out[..n].copy_from_slice(&left[..n]);
+                self.at += n;
+                return Ok(n);
+            }
             if self.digest.is_some() {
                 return Ok(0);
             }
             match self.pieces.recv() {
                 Ok(Inflated::Data(piece)) => {
-                    let used = std::mem::replace(&mut self.current, piece);
-                    self.at = 0;
-                    if used.capacity() > 0 {
-                        let _ = self.give_back.send(used);
+                    if let Some(used) = self.current.replace(piece) {
+                        recycle(used, &self.give_back);
                     }
+                    self.at = 0;
                 }
                 Ok(Inflated::End(digest)) => self.digest = Some(digest),
                 Ok(Inflated::Failed(e)) => return Err(e),
@@ -219,10 +273,6 @@ impl Read for TarPieces {
                 }
             }
         }
-        let n = (self.current.len() - self.at).min(out.len());
-        out[..n].copy_from_slice(&self.current[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 
@@ -231,7 +281,7 @@ impl Read for TarPieces {
 /// counters. On any failure no stream name is created (objects already stored stay as garbage
 /// for GC).
 ///
-/// Three threads share the work: one decompresses and hashes the tar, this one parses it and
+/// Four threads share the work: one decompresses, one hashes the tar, this one parses it and
 /// hashes file bodies, and the repository's object writer creates the objects.
 pub fn import_layer(
     repo: &Repository,
@@ -242,16 +292,19 @@ pub fn import_layer(
     let layer = diff_id.to_string();
     let (piece_tx, pieces) = mpsc::sync_channel(TAR_CHUNKS_IN_FLIGHT);
     let (give_back, spare) = mpsc::channel();
+    let give_back_inflated = give_back.clone();
     let algorithm = diff_id.algorithm();
     let (actual, writer, stats) = std::thread::scope(|scope| {
         let inflater = std::thread::Builder::new()
             .name("cfs-inflate".into())
-            .spawn_scoped(scope, move || inflate(blob, algorithm, &piece_tx, &spare))
+            .spawn_scoped(scope, move || {
+                inflate(blob, algorithm, &piece_tx, (&give_back_inflated, &spare))
+            })
             .map_err(|e| OciError::io("starting the decompression thread", e))?;
         let mut tar = TarPieces {
             pieces,
             give_back,
-            current: Vec::new(),
+            current: None,
             at: 0,
             digest: None,
         };
