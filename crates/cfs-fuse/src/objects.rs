@@ -252,6 +252,16 @@ struct Slot {
     kept_at: u64,
 }
 
+impl Slot {
+    /// Count one more open. Returns whether the slot was kept (its count of kept slots must
+    /// drop): a kept slot has no open left but has been released, a new one was never opened.
+    fn open(&mut self) -> bool {
+        let was_kept = self.opens == 0 && self.kept_at != 0;
+        self.opens += 1;
+        was_kept
+    }
+}
+
 #[derive(Debug, Default)]
 struct Slots {
     by_ino: HashMap<u64, Slot>,
@@ -286,10 +296,9 @@ impl OpenTable {
         let mut guard = self.slots.write().unwrap_or_else(PoisonError::into_inner);
         let slots = &mut *guard;
         let slot = slots.by_ino.get_mut(&ino)?;
-        if slot.opens == 0 {
+        if slot.open() {
             slots.kept_count -= 1;
         }
-        slot.opens += 1;
         Some(Arc::clone(&slot.object))
     }
 
@@ -307,10 +316,9 @@ impl OpenTable {
             opens: 0,
             kept_at: 0,
         });
-        if slot.opens == 0 && slot.kept_at != 0 {
+        if slot.open() {
             slots.kept_count -= 1;
         }
-        slot.opens += 1;
         Arc::clone(&slot.object)
     }
 

@@ -172,6 +172,8 @@ struct Queue {
     ring: Ring,
     entries: Vec<Entry>,
     done: Vec<Completion>,
+    /// Where a request's names are set aside before its reply overwrites them.
+    names: Box<[u8; NAMES_MAX]>,
 }
 
 impl Queue {
@@ -222,6 +224,7 @@ impl Queue {
             ring,
             entries,
             done: Vec::new(),
+            names: Box::new([0; NAMES_MAX]),
         })
     }
 
@@ -338,7 +341,7 @@ impl Queue {
                 // The reply goes where the request's names are: copy them out first. Only
                 // LOOKUP and GETXATTR have any (at most 255 bytes); every other request skips
                 // the copy.
-                let mut names = [0u8; NAMES_MAX];
+                let names = &mut *self.names;
                 let input_len = if matches!(h.opcode, opcode::LOOKUP | opcode::GETXATTR) {
                     payload_in.min(NAMES_MAX)
                 } else {
