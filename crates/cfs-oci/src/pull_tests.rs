@@ -316,3 +316,38 @@ fn diff_id_mismatch_names_nothing() {
     assert!(repo.list_streams().expect("list").is_empty());
     assert!(repo.list_images().expect("list").is_empty());
 }
+
+#[test]
+fn a_bad_entry_early_in_a_big_layer_stops_the_import() {
+    // The decompressor and the diff_id hasher each run ahead of the parser with pieces in
+    // flight; when the parser gives up on the first entry, both must stop too, not block on a
+    // full queue (the pull would hang) or go on through the rest of the blob.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::create(&dir.path().join("oci"));
+    let mut entries = vec![Entry::file("etc/../../evil", 0o644, 1, b"x")];
+    for i in 0..48u8 {
+        let body: Vec<u8> = (0..1usize << 20).map(|k| (k as u8) ^ i).collect();
+        entries.push(Entry::file(&format!("f{i}"), 0o644, 1, &body));
+    }
+    layout.add_image(
+        "t",
+        &[Layer::new(testutil::tar(&entries), Compress::Gzip(1))],
+    );
+    let repo = repo(dir.path(), Algorithm::Sha256);
+    // A thread of its own, not a scoped one: if the pull hangs, the test must fail, not wait.
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let pulled = pull_tag(&repo, &layout, "t").map(|_| ());
+        let _ = done.send((pulled, repo));
+    });
+    let (pulled, repo) = result
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the pull ended within 60 s");
+    let err = pulled.expect_err("the first entry is bad");
+    assert!(
+        matches!(&err, OciError::Entry { entry, .. } if entry == "etc/../../evil"),
+        "{err}"
+    );
+    assert_eq!(store::tag_target(&repo, "t").expect("tag"), None);
+    assert!(repo.fsck().expect("fsck").is_ok());
+}
