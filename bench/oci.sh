@@ -54,10 +54,10 @@ measure() { # label, command...
     # Every run starts with a small page cache: on these VMs, writing while the cache holds
     # gigabytes of earlier runs' files costs two to three times the system time (0.25 -> 0.8 s
     # per pull), so run-to-run noise would swamp the comparison.
-    echo 3 >/proc/sys/vm/drop_caches
-    # Then the registry's blobs are read back in, so neither tool waits for the disk to read its
-    # source (CFS_COLD=1 leaves them on disk).
-    [[ -n ${CFS_COLD:-} ]] || find "$work/registry-data" -type f -exec cat {} + >/dev/null
+    echo 3 >/proc/sys/vm/drop_caches || { echo "bench/oci.sh: cannot drop the page cache (run as root)" >&2; exit 1; }
+    # Then the sources (the registry's blobs, the layout's for the layout row) are read back in,
+    # so no tool waits for the disk to read its source (CFS_COLD=1 leaves them on disk).
+    [[ -n ${CFS_COLD:-} ]] || find "$work/registry-data" "$work/layout/blobs" -type f -exec cat {} + >/dev/null
     /usr/bin/time -f "$label %e %M %U %S" -a -o "$work/times" "$@" >/dev/null 2>&1
 }
 # The pulls write to a fresh journaled ext4 of their own (a loop-mounted sparse file), for two
@@ -89,9 +89,9 @@ done
 entries=$(find "$rootfs" -xdev | wc -l)
 python3 - "$work/times" "$runs" "$entries" "$layer_bytes" "$(du -sb "$rootfs" | cut -f1)" <<'PY'
 import os, statistics, sys
-cache = ("page cache dropped before every run, registry storage not read back (CFS_COLD)"
+cache = ("page cache dropped before every run, sources not read back (CFS_COLD)"
          if os.environ.get("CFS_COLD")
-         else "page cache dropped before every run, then the registry's blobs read back in")
+         else "page cache dropped before every run, then the source blobs read back in")
 rows = {}
 for line in open(sys.argv[1]):
     label, secs, kib, user, sys_ = line.split()

@@ -2,7 +2,7 @@
 //!
 //! The blob is decompressed (gzip, possibly multi-member; zstd, possibly multi-frame; or a
 //! plain tar, told apart by their magic bytes) on a thread of its own, which hands the tar over
-//! in pieces both to the parser and to a fourth thread hashing it (the `diff_id`). The `tar`
+//! in pieces both to the parser and to another thread hashing it (the `diff_id`). The `tar`
 //! crate walks the headers; every byte it reads goes through a [`Tee`] that appends it to the
 //! stream as inline data. For a regular file whose body is larger than 64 bytes, the tee is
 //! switched off and the body becomes an object: small bodies are hashed here and written by
@@ -117,7 +117,7 @@ impl<R: Read> Read for Tee<R> {
 
 /// Size of the pieces of uncompressed tar passed from the decompressing thread to the parser.
 const TAR_CHUNK: usize = 256 << 10;
-/// Pieces in flight between the two.
+/// Pieces queued for the parser, and for the hasher, at most.
 const TAR_CHUNKS_IN_FLIGHT: usize = 8;
 
 /// A piece of uncompressed tar, read by both the parser and the diff_id hasher.
@@ -145,7 +145,8 @@ fn recycle(piece: Piece, spare: &Sender<Vec<u8>>) {
 /// Decompress `blob` (gzip, zstd or plain, told by its magic bytes) into `out`, while a thread
 /// of its own hashes the uncompressed tar with `algorithm`. Decompressing is the longest single
 /// task of an import, so hashing the tar (about a third of it again) goes elsewhere: the parser
-/// is busy with fs-verity, and a third thread lets the scheduler put it wherever a CPU is idle.
+/// is busy with fs-verity, and a thread of its own lets the scheduler run it wherever a CPU is
+/// idle.
 /// Stops early when the parser hangs up.
 fn inflate(
     blob: &mut (dyn Read + Send),
@@ -166,6 +167,12 @@ fn inflate(
                     recycle(piece, &give_back_hashed);
                 }
                 hasher.finish()
+            })
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("starting the diff_id hashing thread: {e}"),
+                )
             })?;
         let fed = decompress_into(blob, out, &to_hasher, spare);
         // The hasher ends when its input does.
@@ -282,7 +289,8 @@ impl Read for TarPieces {
 /// for GC).
 ///
 /// Four threads share the work: one decompresses, one hashes the tar, this one parses it and
-/// hashes file bodies, and the repository's object writer creates the objects.
+/// hashes file bodies, and the repository's object writer creates the objects (the writer's
+/// flush thread only starts their writeback early).
 pub fn import_layer(
     repo: &Repository,
     blob: &mut (dyn Read + Send),
@@ -376,7 +384,7 @@ fn split_tar(
             {
                 if size > INLINE_MAX {
                     shared.borrow_mut().capture = false;
-                    let stored = store_body(repo, objects, &mut entry, size, &mut stats);
+                    let stored = store_body(objects, &mut entry, size, &mut stats);
                     shared.borrow_mut().capture = true;
                     let (digest, got) = stored.map_err(|e| match e {
                         RepoError::Import { source } => {
@@ -437,7 +445,6 @@ fn split_tar(
 /// read (less than `size` when the tar is truncated). Counts streamed objects in `stats`; the
 /// writer counts its own.
 fn store_body(
-    repo: &Repository,
     objects: &mut ObjectWriter<'_>,
     body: &mut dyn Read,
     size: u64,
@@ -453,7 +460,7 @@ fn store_body(
         let digest = objects.store(buf)?;
         return Ok((digest, got as u64));
     }
-    let (digest, fresh, got) = repo.import_reader(body, Some(size))?;
+    let (digest, fresh, got) = objects.import_reader(body, Some(size))?;
     if fresh {
         stats.objects_new += 1;
         stats.bytes_new += got;

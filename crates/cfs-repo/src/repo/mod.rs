@@ -106,6 +106,8 @@ pub struct Repository {
     verity_unsupported: AtomicBool,
     /// The filesystem refused `O_TMPFILE`: use named temporaries.
     no_tmpfile: AtomicBool,
+    /// A background writeback flush is running (one at a time, however many imports run).
+    flushing: AtomicBool,
 }
 
 /// `$HOME/.var/lib/composefs` (`--user`), or `None` without `$HOME`.
@@ -346,6 +348,7 @@ impl Repository {
             objects: OnceLock::new(),
             verity_unsupported: AtomicBool::new(false),
             no_tmpfile: AtomicBool::new(false),
+            flushing: AtomicBool::new(false),
         })
     }
 
