@@ -73,6 +73,22 @@ impl Algorithm {
             Algorithm::Sha512 => out.copy_from_slice(&Sha512::digest(block)),
         }
     }
+
+    /// Hash each whole `BLOCK_SIZE` block of `blocks` into the next `digest_len` bytes of `out`.
+    fn hash_blocks(self, blocks: &[u8], out: &mut [u8]) {
+        let dlen = self.digest_len();
+        // SHA-512 has no instructions of its own here, but eight blocks at once with AVX-512
+        // run ~4x faster than one after another; SHA-256 has SHA-NI and stays one at a time.
+        let done = match self {
+            Algorithm::Sha512 => cfs_sha512x8::hash_blocks(blocks, out),
+            Algorithm::Sha256 => 0,
+        };
+        let rest = blocks.get(done * BLOCK_SIZE..).unwrap_or_default();
+        let rest_out = out.get_mut(done * dlen..).unwrap_or_default();
+        for (o, b) in rest_out.chunks_mut(dlen).zip(rest.chunks(BLOCK_SIZE)) {
+            self.hash_block(b, o);
+        }
+    }
 }
 
 impl fmt::Display for Algorithm {
@@ -331,15 +347,9 @@ impl FsVerityHasher {
             hashes
                 .par_chunks_mut(dlen * 64)
                 .zip(blocks.par_chunks(BLOCK_SIZE * 64))
-                .for_each(|(out, inp)| {
-                    for (o, b) in out.chunks_mut(dlen).zip(inp.chunks(BLOCK_SIZE)) {
-                        alg.hash_block(b, o);
-                    }
-                });
+                .for_each(|(out, inp)| alg.hash_blocks(inp, out));
         } else {
-            for (o, b) in hashes.chunks_mut(dlen).zip(blocks.chunks(BLOCK_SIZE)) {
-                alg.hash_block(b, o);
-            }
+            alg.hash_blocks(blocks, &mut hashes);
         }
         self.levels[0].blocks_hashed += n as u64;
         for h in hashes.chunks(dlen) {

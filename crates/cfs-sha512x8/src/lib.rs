@@ -1,0 +1,121 @@
+//! `cfs-sha512x8` owns one idea: hashing many 4096-byte blocks with SHA-512 eight at a time.
+//! The leaves of an fs-verity Merkle tree are exactly that, and SHA-512 has no instructions of
+//! its own on the CPUs we run on, so a single stream runs at ~0.6 GB/s per core. With AVX-512,
+//! each 64-bit lane of a vector register carries the state of one of eight independent blocks,
+//! and one pass of the rounds hashes all eight: ~2.3 GB/s on the same core. The rotations are
+//! native (`vprorq`) and every choice, majority and three-way XOR is one `vpternlogq`.
+//!
+//! [`hash_blocks`] hashes as many whole groups of eight blocks as it can and says how many; the
+//! caller hashes the rest (and everything, on a CPU without AVX-512) the ordinary way.
+//! The crate's only `unsafe` is in the `avx512` module.
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+/// Bytes in one block (the fs-verity block size these digests are for).
+pub const BLOCK_SIZE: usize = 4096;
+/// Bytes in one SHA-512 digest.
+pub const DIGEST_LEN: usize = 64;
+/// Blocks hashed together.
+pub const LANES: usize = 8;
+
+/// Whether this CPU can hash eight blocks at once (AVX-512F and AVX-512BW), checked once.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// SHA-512 each whole `BLOCK_SIZE` block of `blocks` into the matching `DIGEST_LEN` bytes of
+/// `digests`, in groups of [`LANES`], for as many groups as both slices hold. Returns the number
+/// of blocks hashed: a multiple of [`LANES`], and 0 when [`available`] is false.
+pub fn hash_blocks(blocks: &[u8], digests: &mut [u8]) -> usize {
+    let groups = (blocks.len() / (BLOCK_SIZE * LANES)).min(digests.len() / (DIGEST_LEN * LANES));
+    if groups == 0 || !available() {
+        return 0;
+    }
+    #[cfg(target_arch = "x86_64")]
+    for (group, out) in blocks
+        .chunks_exact(BLOCK_SIZE * LANES)
+        .zip(digests.chunks_exact_mut(DIGEST_LEN * LANES))
+        .take(groups)
+    {
+        avx512::hash_group(group, out);
+    }
+    groups * LANES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use sha2::{Digest, Sha512};
+
+    fn one_by_one(blocks: &[u8]) -> Vec<u8> {
+        blocks
+            .chunks_exact(BLOCK_SIZE)
+            .flat_map(|b| Sha512::digest(b).to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn says_how_many_blocks_it_hashed() {
+        let blocks = vec![7u8; BLOCK_SIZE * 19];
+        let mut digests = vec![0u8; DIGEST_LEN * 19];
+        let n = hash_blocks(&blocks, &mut digests);
+        if !available() {
+            eprintln!("SKIPPED: this CPU has no AVX-512; only the fallback answer (0) is checked");
+            assert_eq!(n, 0);
+            return;
+        }
+        assert_eq!(n, 16);
+        assert_eq!(
+            digests[..16 * DIGEST_LEN],
+            one_by_one(&blocks)[..16 * DIGEST_LEN]
+        );
+        assert!(
+            digests[16 * DIGEST_LEN..].iter().all(|&b| b == 0),
+            "the tail is left alone"
+        );
+        // Too little room for the digests limits the groups as well.
+        assert_eq!(hash_blocks(&blocks, &mut digests[..DIGEST_LEN * 9]), 8);
+        assert_eq!(hash_blocks(&blocks[..BLOCK_SIZE * 7], &mut digests), 0);
+    }
+
+    #[test]
+    fn edge_patterns_match_sha2() {
+        // All zeros, all ones, and bytes whose top bit is set in every lane (carries, sign).
+        for fill in [0x00u8, 0xff, 0x80, 0x7f] {
+            let blocks = vec![fill; BLOCK_SIZE * LANES];
+            let mut digests = vec![0u8; DIGEST_LEN * LANES];
+            if hash_blocks(&blocks, &mut digests) == LANES {
+                assert_eq!(digests, one_by_one(&blocks), "fill {fill:#x}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn random_blocks_match_sha2(seed in any::<u64>(), groups in 1usize..4) {
+            let mut x = seed | 1;
+            let blocks: Vec<u8> = (0..BLOCK_SIZE * LANES * groups)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let mut digests = vec![0u8; DIGEST_LEN * LANES * groups];
+            if hash_blocks(&blocks, &mut digests) > 0 {
+                prop_assert_eq!(digests, one_by_one(&blocks));
+            }
+        }
+    }
+}
