@@ -443,16 +443,8 @@ pub fn digest_reader(
     let mut h = FsVerityHasher::new(algorithm);
     let mut buf = vec![0u8; 8 << 20];
     loop {
-        let mut filled = 0;
         // Fill the whole buffer so the parallel path sees large batches.
-        while filled < buf.len() {
-            match reader.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        let filled = crate::fill::read_full(&mut reader, &mut buf)?;
         if filled == 0 {
             break;
         }

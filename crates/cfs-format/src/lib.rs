@@ -8,6 +8,7 @@
 
 pub mod dumpfile;
 pub mod erofs;
+pub mod fill;
 pub mod fsverity;
 pub mod transform;
 pub mod tree;

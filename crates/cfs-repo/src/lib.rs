@@ -4,7 +4,6 @@
 //! GC, fsck) and the splitstream format its streams are stored in. Image and digest formats
 //! stay in `cfs-format`; mounting and FUSE live above.
 
-pub mod fill;
 pub mod progress;
 pub mod repo;
 pub mod scan;
@@ -17,7 +16,7 @@ mod scan_c_examples;
 #[cfg(test)]
 mod testutil;
 
-pub use fill::read_full;
+pub use cfs_format::fill::read_full;
 pub use progress::{NoProgress, Progress};
 pub use repo::{
     default_path, default_system_path, default_user_path, ExclusiveLock, FsckError, FsckReport,
