@@ -75,17 +75,25 @@ impl EarlyWriteback<'_> {
 /// another import's flush is running. Errors are left to the caller's own sync (see the
 /// [module documentation](self)).
 fn flush_on_request(repo: &Repository, requests: Receiver<()>) {
-    let Ok(own) = rustix::fs::openat(
-        &repo.dir,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return;
-    };
+    // Opened on the first request: most imports are smaller than FLUSH_EVERY and never ask.
+    let mut own = None;
     for () in requests {
+        let fd = match &own {
+            Some(fd) => fd,
+            None => match rustix::fs::openat(
+                &repo.dir,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => own.insert(fd),
+                // Without a descriptor of its own there is no early writeback; the caller's
+                // final sync still does it all.
+                Err(_) => return,
+            },
+        };
         if !repo.flushing.swap(true, Ordering::Acquire) {
-            let _ = rustix::fs::syncfs(&own);
+            let _ = rustix::fs::syncfs(fd);
             repo.flushing.store(false, Ordering::Release);
         }
     }
