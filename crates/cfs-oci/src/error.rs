@@ -137,6 +137,24 @@ pub enum OciError {
         /// Its error.
         message: String,
     },
+    /// A registry could not be reached, or refused or botched a request.
+    #[error("registry {registry}: {what}: {reason}")]
+    Registry {
+        /// The registry as the reference names it.
+        registry: String,
+        /// What was asked of it.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The image cannot be fetched the way that was asked for (`--fetcher=direct`).
+    #[error("{reference}: {reason}")]
+    FetcherUnavailable {
+        /// The image reference.
+        reference: String,
+        /// Why not.
+        reason: String,
+    },
     /// Another layer failed first; this one was stopped.
     #[error("cancelled because another layer failed")]
     Cancelled,

@@ -1,5 +1,6 @@
-//! `cfs-oci` owns OCI images in a composefs repository: fetching them (an `oci:` layout read
-//! directly, every other transport through skopeo's image proxy), importing each tar layer as a
+//! `cfs-oci` owns OCI images in a composefs repository: fetching them (`oci:` layouts and
+//! `docker://` registries read directly where that gives what skopeo would, everything else
+//! through skopeo's image proxy), importing each tar layer as a
 //! splitstream whose file bodies become deduplicated objects, merging the layers into one root
 //! filesystem with the OCI whiteout rules and composefs-rs's finalisation (so image ids equal
 //! composefs-rs's), and storing manifests, configs, the EROFS image and tags the way
@@ -15,6 +16,7 @@ pub mod model;
 pub mod names;
 pub mod proxy;
 pub mod pull;
+pub mod registry;
 pub mod rootfs;
 pub mod source;
 pub mod store;
@@ -25,19 +27,44 @@ pub use digest::{DigestAlgorithm, OciDigest};
 pub use error::{EntryProblem, OciError};
 pub use layer_import::{import_layer, Compression, ImportStats};
 pub use names::ImageName;
-pub use proxy::{SkopeoOptions, SkopeoSource};
+pub use proxy::SkopeoSource;
 pub use pull::{pull, LayerPlan, NoProgress, PullOptions, PullProgress, PullReport};
-pub use source::{ImageReference, ImageSource, LayoutSource};
+pub use registry::RegistrySource;
+pub use source::{FetchOptions, Fetcher, ImageReference, ImageSource, LayoutSource};
 pub use store::{open_image, StoredImage};
 
-/// Open the source an image reference names: `oci:` layouts directly, everything else through
-/// skopeo.
+/// Open the source an image reference names, the way `opts.fetcher` asks: `oci:` layouts are
+/// read directly, `docker://` registries directly where [`RegistrySource`] can fetch what
+/// skopeo would, everything else through skopeo.
 pub fn open_source(
     reference: &ImageReference,
-    skopeo: &SkopeoOptions,
+    opts: &FetchOptions,
 ) -> Result<Box<dyn ImageSource>, OciError> {
-    Ok(match reference {
-        ImageReference::OciLayout { dir, tag } => Box::new(LayoutSource::new(dir, tag.clone())),
-        ImageReference::Skopeo(r) => Box::new(SkopeoSource::open(r, skopeo)?),
-    })
+    let text = reference.to_skopeo();
+    let skopeo = |why: Option<String>| -> Result<Box<dyn ImageSource>, OciError> {
+        Ok(Box::new(SkopeoSource::open(&text, opts, why)?))
+    };
+    match (reference, opts.fetcher) {
+        (_, Fetcher::Skopeo) => skopeo(None),
+        (ImageReference::OciLayout { dir, tag }, _) => {
+            Ok(Box::new(LayoutSource::new(dir, tag.clone())))
+        }
+        (ImageReference::Skopeo(r), fetcher) if r.starts_with("docker://") => {
+            match RegistrySource::open(r, opts)? {
+                registry::Opened::Direct(source) => Ok(source),
+                registry::Opened::NeedsSkopeo(why) if fetcher == Fetcher::Direct => {
+                    Err(OciError::FetcherUnavailable {
+                        reference: text.clone(),
+                        reason: format!("only skopeo can fetch it: {why}"),
+                    })
+                }
+                registry::Opened::NeedsSkopeo(why) => skopeo(Some(why)),
+            }
+        }
+        (_, Fetcher::Direct) => Err(OciError::FetcherUnavailable {
+            reference: text.clone(),
+            reason: "only oci: layouts and docker:// registries are read directly".into(),
+        }),
+        (_, Fetcher::Auto) => skopeo(None),
+    }
 }

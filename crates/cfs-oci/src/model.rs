@@ -185,6 +185,16 @@ impl Index {
         }
         Ok(i)
     }
+
+    /// The entry for this machine's platform (`linux` and [`host_architecture`]), if any.
+    pub fn for_this_platform(&self) -> Option<&Descriptor> {
+        let arch = host_architecture();
+        self.manifests.iter().find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
+        })
+    }
 }
 
 impl ImageConfig {

@@ -19,7 +19,7 @@ use tokio::io::AsyncReadExt;
 use crate::digest::OciDigest;
 use crate::error::OciError;
 use crate::model::Descriptor;
-use crate::source::ImageSource;
+use crate::source::{FetchOptions, ImageSource};
 
 /// Chunks in flight per blob between the fetching task and the reading thread.
 const CHANNEL_DEPTH: usize = 16;
@@ -27,15 +27,6 @@ const CHANNEL_DEPTH: usize = 16;
 const CHUNK: usize = 256 << 10;
 /// How long a blob may deliver nothing before we ask skopeo how it is going.
 const STALL: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// Options for [`SkopeoSource::open`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SkopeoOptions {
-    /// Do not verify TLS certificates and allow plain HTTP (`--tls-verify=false`).
-    pub insecure: bool,
-    /// Path to a container auth file (`--authfile`).
-    pub authfile: Option<std::path::PathBuf>,
-}
 
 struct Opened {
     proxy: ImageProxy,
@@ -45,6 +36,8 @@ struct Opened {
 /// An image opened through skopeo's image proxy.
 pub struct SkopeoSource {
     reference: String,
+    /// Why the image is not fetched directly, when it could have been.
+    why: Option<String>,
     /// `Some` until dropped.
     opened: Option<Arc<Opened>>,
     /// `Some` until dropped (after `opened`: the runtime waits for skopeo to exit, which it
@@ -62,7 +55,12 @@ impl std::fmt::Debug for SkopeoSource {
 
 impl SkopeoSource {
     /// Start `skopeo experimental-image-proxy` and open `reference` (with its transport).
-    pub fn open(reference: &str, opts: &SkopeoOptions) -> Result<SkopeoSource, OciError> {
+    /// `why` says why skopeo fetches it, when it is an image we could also fetch directly.
+    pub fn open(
+        reference: &str,
+        opts: &FetchOptions,
+        why: Option<String>,
+    ) -> Result<SkopeoSource, OciError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("cfs-skopeo")
@@ -86,6 +84,7 @@ impl SkopeoSource {
         })?;
         Ok(SkopeoSource {
             reference: reference.to_owned(),
+            why,
             opened: Some(Arc::new(opened)),
             runtime: Some(runtime),
         })
@@ -235,6 +234,13 @@ async fn pump(
 impl ImageSource for SkopeoSource {
     fn describe(&self) -> String {
         self.reference.clone()
+    }
+
+    fn via(&self) -> String {
+        match &self.why {
+            Some(why) => format!("skopeo ({why})"),
+            None => "skopeo".into(),
+        }
     }
 
     fn manifest(&self) -> Result<(OciDigest, Vec<u8>), OciError> {

@@ -1,5 +1,6 @@
-//! Where images come from: the [`ImageSource`] trait, image references, and the `oci:` layout
-//! reader. (Every other transport goes through skopeo: [`crate::proxy`].)
+//! Where images come from: the [`ImageSource`] trait, image references, fetch options, and the
+//! `oci:` layout reader. (`docker://` registries are read by [`crate::registry`] where it can
+//! fetch what skopeo would; everything else goes through skopeo: [`crate::proxy`].)
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -17,6 +18,10 @@ pub const JSON_LIMIT: u64 = 64 << 20;
 pub trait ImageSource: Sync {
     /// What this source is, for messages.
     fn describe(&self) -> String;
+
+    /// How the image is fetched (`oci layout`, `registry`, `skopeo (why)`), for the pull's
+    /// summary.
+    fn via(&self) -> String;
 
     /// The image manifest's digest and raw bytes (an OCI image manifest; indexes are resolved
     /// to the manifest for this machine's platform).
@@ -49,6 +54,45 @@ pub trait ImageSource: Sync {
     }
 }
 
+/// Which way images are fetched ([`crate::open_source`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Fetcher {
+    /// `oci:` layouts and `docker://` registries directly, when that gives what skopeo would
+    /// (see [`crate::registry`]); skopeo for everything else.
+    #[default]
+    Auto,
+    /// Directly or not at all: an error for what only skopeo can fetch.
+    Direct,
+    /// Everything through skopeo's image proxy, `oci:` layouts too.
+    Skopeo,
+}
+
+impl std::str::FromStr for Fetcher {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "auto" => Ok(Fetcher::Auto),
+            "direct" => Ok(Fetcher::Direct),
+            "skopeo" => Ok(Fetcher::Skopeo),
+            _ => Err(format!(
+                "unknown fetcher {text:?} (expected auto, direct or skopeo)"
+            )),
+        }
+    }
+}
+
+/// How to reach an image's source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Do not verify TLS certificates and allow plain HTTP (`--tls-verify=false`).
+    pub insecure: bool,
+    /// Path to a container auth file (`--authfile`).
+    pub authfile: Option<PathBuf>,
+    /// Which way to fetch.
+    pub fetcher: Fetcher,
+}
+
 /// A parsed image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageReference {
@@ -60,8 +104,21 @@ pub enum ImageReference {
         tag: Option<String>,
     },
     /// Any other skopeo transport (`docker://`, `oci-archive:`, `docker-archive:`, `dir:`, …),
-    /// passed to skopeo as written.
+    /// as written (`docker://` may also be read directly: [`crate::open_source`]).
     Skopeo(String),
+}
+
+impl ImageReference {
+    /// The reference as skopeo writes it.
+    pub fn to_skopeo(&self) -> String {
+        match self {
+            ImageReference::OciLayout { dir, tag: Some(t) } => {
+                format!("oci:{}:{t}", dir.display())
+            }
+            ImageReference::OciLayout { dir, tag: None } => format!("oci:{}", dir.display()),
+            ImageReference::Skopeo(text) => text.clone(),
+        }
+    }
 }
 
 /// Transports skopeo understands that we hand to it.
@@ -261,18 +318,12 @@ impl LayoutSource {
     fn resolve_index(&self, desc: &Descriptor) -> Result<Descriptor, OciError> {
         let bytes = self.read_blob("image index", desc)?;
         let index = Index::parse(&format!("image index {}", desc.digest), &bytes)?;
-        let arch = model::host_architecture();
         index
-            .manifests
-            .into_iter()
-            .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-            })
+            .for_this_platform()
+            .cloned()
             .ok_or_else(|| OciError::Invalid {
                 what: format!("image index {}", desc.digest),
-                reason: format!("no manifest for linux/{arch}"),
+                reason: format!("no manifest for linux/{}", model::host_architecture()),
             })
     }
 }
@@ -283,6 +334,10 @@ impl ImageSource for LayoutSource {
             Some(t) => format!("oci:{}:{t}", self.dir.display()),
             None => format!("oci:{}", self.dir.display()),
         }
+    }
+
+    fn via(&self) -> String {
+        "oci layout".into()
     }
 
     fn manifest(&self) -> Result<(OciDigest, Vec<u8>), OciError> {

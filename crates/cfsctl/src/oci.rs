@@ -12,7 +12,7 @@ use cfs_format::dumpfile::{write_entry_line, EntryLine};
 use cfs_format::tree::{mode, Mtime};
 use cfs_oci::entry::EntryKind;
 use cfs_oci::layer_read::{for_each_entry, Content};
-use cfs_oci::{store, ImageName, ImageReference, OciDigest, PullOptions, SkopeoOptions};
+use cfs_oci::{store, FetchOptions, ImageName, ImageReference, OciDigest, PullOptions};
 use cfs_repo::repo::Repository;
 use clap::{ArgAction, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -37,6 +37,11 @@ pub enum OciCommand {
         /// Layers fetched at once.
         #[arg(long, short = 'j', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
         jobs: u32,
+        /// How to fetch: `auto` reads oci: layouts and docker:// registries directly where
+        /// that gives what skopeo would and uses skopeo otherwise; `direct` fails instead of
+        /// using skopeo; `skopeo` fetches everything through skopeo.
+        #[arg(long, value_name = "HOW", default_value = "auto")]
+        fetcher: cfs_oci::Fetcher,
     },
     /// List tagged images.
     Images {
@@ -128,9 +133,20 @@ pub fn run(cmd: &OciCommand, open: &dyn Fn() -> Result<Repository>) -> Result<Ex
             tls_verify,
             authfile,
             jobs,
+            fetcher,
         } => {
             let repo = open()?;
-            pull(&repo, image, name.as_deref(), *tls_verify, authfile, *jobs)
+            if let Some(file) = authfile {
+                // skopeo would silently go without; a misspelt path deserves an error.
+                std::fs::metadata(file)
+                    .with_context(|| format!("the auth file {}", file.display()))?;
+            }
+            let fetch = FetchOptions {
+                insecure: !tls_verify,
+                authfile: authfile.clone(),
+                fetcher: *fetcher,
+            };
+            pull(&repo, image, name.as_deref(), &fetch, *jobs)
         }
         OciCommand::Images { json } => images(&open()?, *json),
         OciCommand::Inspect {
@@ -299,18 +315,14 @@ fn pull(
     repo: &Repository,
     image: &str,
     name: Option<&str>,
-    tls_verify: bool,
-    authfile: &Option<PathBuf>,
+    fetch: &FetchOptions,
     jobs: u32,
 ) -> Result<ExitCode> {
     let reference = ImageReference::parse(image)?;
     let tag = name.unwrap_or(image).to_owned();
-    let skopeo = SkopeoOptions {
-        insecure: !tls_verify,
-        authfile: authfile.clone(),
-    };
     let source =
-        cfs_oci::open_source(&reference, &skopeo).with_context(|| format!("opening {image}"))?;
+        cfs_oci::open_source(&reference, fetch).with_context(|| format!("opening {image}"))?;
+    let via = source.via();
     let opts = PullOptions {
         tag: Some(tag),
         jobs: jobs as usize,
@@ -354,6 +366,7 @@ fn pull(
         "bytes {} fetched, {} uncompressed",
         report.bytes_fetched, s.tar_bytes
     )?;
+    writeln!(out, "via {via}")?;
     Ok(ExitCode::SUCCESS)
 }
 

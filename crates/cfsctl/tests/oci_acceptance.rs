@@ -5,8 +5,9 @@
 //!    file data) pulled with `oci pull docker://…` and mounted with `oci mount` (kernel) and
 //!    `oci mount --fuse` gives exactly the tree `umoci unpack` makes of the same image, but for
 //!    the two documented rules (the root takes `/usr`'s metadata, `/run` is emptied).
-//! 2. **Same image, same id.** `docker://`, `oci:` and `oci-archive:` give the same image id; a
-//!    second pull fetches no layer; two images sharing a base layer store its objects once.
+//! 2. **Same image, same id.** `docker://` (read directly, and through skopeo), `oci:` and
+//!    `oci-archive:` give the same image id; a second pull fetches no layer; two images sharing
+//!    a base layer store its objects once.
 
 mod common;
 #[path = "common/oci_fixture.rs"]
@@ -272,20 +273,43 @@ fn oci_same_image_through_registry_layout_and_archive() {
     // Each transport into a repository of its own, so each one imports every layer.
     let mut ids = BTreeMap::new();
     let mut docker_repo = PathBuf::new();
-    for (label, image) in [
-        ("docker", remote.clone()),
-        ("oci", format!("oci:{}:rich", layout.dir.display())),
-        ("oci-archive", format!("oci-archive:{}", archive.display())),
+    // `docker://` is read directly by default; `docker-skopeo` is the same registry through
+    // skopeo's image proxy, which must give the same manifest, config and image.
+    let mut manifests = BTreeMap::new();
+    for (label, image, fetcher, via) in [
+        ("docker", remote.clone(), "auto", "registry"),
+        ("docker-skopeo", remote.clone(), "skopeo", "skopeo"),
+        (
+            "oci",
+            format!("oci:{}:rich", layout.dir.display()),
+            "auto",
+            "oci layout",
+        ),
+        (
+            "oci-archive",
+            format!("oci-archive:{}", archive.display()),
+            "auto",
+            "skopeo",
+        ),
     ] {
         let repo = init(&dir.path().join(label), "sha256");
         let out = ok(
             &repo,
-            &["oci", "pull", "--tls-verify=false", &image, "rich"],
+            &[
+                "oci",
+                "pull",
+                "--tls-verify=false",
+                &format!("--fetcher={fetcher}"),
+                &image,
+                "rich",
+            ],
         );
         assert!(
             out.contains("layers 3 (3 fetched, 0 already present)"),
             "{label}: {out}"
         );
+        assert!(field(&out, "via").starts_with(via), "{label}: {out}");
+        manifests.insert(label, field(&out, "manifest").to_owned());
         let id = field(&out, "verity").to_owned();
         assert_eq!(ok(&repo, &["oci", "compute-id", "rich"]).trim(), id);
         ids.insert(label, (id, field(&out, "config").to_owned()));
@@ -293,6 +317,10 @@ fn oci_same_image_through_registry_layout_and_archive() {
             docker_repo = repo;
         }
     }
+    assert_eq!(
+        manifests["docker"], manifests["docker-skopeo"],
+        "the direct and skopeo fetches stored different manifests"
+    );
     let first = ids["docker"].clone();
     for (label, id) in &ids {
         assert_eq!(

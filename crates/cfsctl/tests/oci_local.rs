@@ -19,6 +19,7 @@ use cfs_oci::testutil::{self, vector_layout, BadImage, Compress, Entry, Layer, L
 use common::{describe_output, kernel_mount_unavailable, on_a_terminal, root_unavailable, skip};
 use oci_fixture::{
     assert_fsck_clean, cfsctl, fails, field, init, missing_programs, objects, ok, skopeo, Registry,
+    TokenServer,
 };
 
 #[test]
@@ -344,6 +345,175 @@ fn oci_pull_from_a_registry() {
     assert_eq!(field(&local, "verity"), testutil::VECTOR_ID_SHA256);
     // TLS verification is on by default: a plain-HTTP registry is refused.
     fails(&repo, &["oci", "pull", &remote, "strict"]);
+    assert_fsck_clean(&repo);
+    drop(registry);
+}
+
+/// A bcrypt hash of `cfs-secret` for `docker-registry`'s htpasswd file (made with glibc's
+/// `crypt`, cost 4 to keep the test fast).
+const HTPASSWD: &str = "cfs:$2b$04$MZJwzcxeUgAgcRMsHm/WP.mpP4ICOQ7qt4aly9QNo101k8kGr9Urq\n";
+
+fn auth_file(path: &Path, port: u16, user_password: &str) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(user_password);
+    std::fs::write(
+        path,
+        format!(r#"{{"auths":{{"127.0.0.1:{port}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .expect("write the auth file");
+}
+
+#[test]
+fn oci_pull_from_a_registry_with_a_password() {
+    if let Some(why) = missing_programs(&["skopeo", "docker-registry"]) {
+        skip("pull from a loopback registry with a password", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layout, _) = vector_layout(dir.path(), Compress::Gzip(1));
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(&htpasswd, HTPASSWD).expect("htpasswd");
+    let registry = Registry::start_configured(
+        &dir.path().join("registry"),
+        &format!(
+            "auth:\n  htpasswd:\n    realm: cfs-test\n    path: {}\n",
+            htpasswd.display()
+        ),
+    );
+    let remote = registry.push_as(&layout.dir, "t", "cfs/vector", Some("cfs:cfs-secret"));
+    let repo = init(dir.path(), "sha256");
+
+    // No credentials: a clear refusal, and nothing is tagged.
+    let err = fails(&repo, &["oci", "pull", "--tls-verify=false", &remote, "x"]);
+    assert!(err.contains("user name and password"), "{err}");
+    let err = fails(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            "--tls-verify=false",
+            "--authfile",
+            "/nonexistent.json",
+            &remote,
+        ],
+    );
+    assert!(err.contains("/nonexistent.json"), "{err}");
+
+    // The password from an auth file, directly and through skopeo: the same image.
+    let auth = dir.path().join("auth.json");
+    auth_file(&auth, registry.port(), "cfs:cfs-secret");
+    let auth_arg = auth.to_str().expect("utf-8");
+    let direct = ok(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            "--tls-verify=false",
+            "--authfile",
+            auth_arg,
+            &remote,
+            "x",
+        ],
+    );
+    assert_eq!(
+        field(&direct, "verity"),
+        testutil::VECTOR_ID_SHA256,
+        "{direct}"
+    );
+    assert!(field(&direct, "via").starts_with("registry"), "{direct}");
+    let other = init(&dir.path().join("other"), "sha256");
+    let via_skopeo = ok(
+        &other,
+        &[
+            "oci",
+            "pull",
+            "--tls-verify=false",
+            "--fetcher=skopeo",
+            "--authfile",
+            auth_arg,
+            &remote,
+            "x",
+        ],
+    );
+    assert_eq!(field(&via_skopeo, "via"), "skopeo", "{via_skopeo}");
+    for key in ["verity", "manifest", "config"] {
+        assert_eq!(field(&direct, key), field(&via_skopeo, key), "{key}");
+    }
+
+    // A wrong password: refused, with the registry's own word for it.
+    auth_file(&auth, registry.port(), "cfs:wrong");
+    let err = fails(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            "--tls-verify=false",
+            "--authfile",
+            auth_arg,
+            &remote,
+            "y",
+        ],
+    );
+    assert!(
+        err.contains("401") && err.contains(&registry.port().to_string()),
+        "{err}"
+    );
+    assert!(!ok(&repo, &["oci", "images"]).contains('y'));
+    assert_fsck_clean(&repo);
+    drop(registry);
+}
+
+#[test]
+fn oci_pull_from_a_registry_with_bearer_tokens() {
+    if let Some(why) = missing_programs(&["skopeo", "docker-registry", "openssl"]) {
+        skip(
+            "pull from a loopback registry with token authentication",
+            &why,
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layout, _) = vector_layout(dir.path(), Compress::Zstd(1));
+    let tokens = TokenServer::start(&dir.path().join("tokens"));
+    let registry =
+        Registry::start_configured(&dir.path().join("registry"), &tokens.registry_config());
+    let remote = registry.push(&layout.dir, "t", "cfs/vector");
+    let repo = init(dir.path(), "sha256");
+    let before = tokens.issued();
+    let out = ok(&repo, &["oci", "pull", "--tls-verify=false", &remote, "x"]);
+    assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
+    assert!(field(&out, "via").starts_with("registry"), "{out}");
+    assert!(tokens.issued() > before, "no token was asked for");
+    let again = ok(&repo, &["oci", "pull", "--tls-verify=false", &remote, "x"]);
+    assert!(again.contains("(0 fetched, 2 already present)"), "{again}");
+    // With --fetcher=direct the same works; a transport only skopeo reads is refused.
+    ok(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            "--tls-verify=false",
+            "--fetcher=direct",
+            &remote,
+            "x",
+        ],
+    );
+    let archive = dir.path().join("image.tar");
+    skopeo(&[
+        "copy",
+        &layout.reference("t"),
+        &format!("oci-archive:{}", archive.display()),
+    ]);
+    let err = fails(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            "--fetcher=direct",
+            &format!("oci-archive:{}", archive.display()),
+        ],
+    );
+    assert!(err.contains("read directly"), "{err}");
     assert_fsck_clean(&repo);
     drop(registry);
 }

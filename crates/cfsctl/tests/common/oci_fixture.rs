@@ -157,6 +157,12 @@ impl Registry {
     /// a free port, and wait until `GET /v2/` answers 200. A port taken between choosing and
     /// binding it (the registry then exits at once) is retried with another one.
     pub fn start(dir: &Path) -> Registry {
+        Self::start_configured(dir, "")
+    }
+
+    /// Like [`Registry::start`], with `extra` (YAML, e.g. an `auth:` section) appended to the
+    /// registry's config.
+    pub fn start_configured(dir: &Path, extra: &str) -> Registry {
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {dir:?}: {e}"));
         let mut last_failure = String::new();
         for attempt in 0..5 {
@@ -170,7 +176,7 @@ impl Registry {
                 format!(
                     "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    \
                      rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  \
-                     addr: 127.0.0.1:{port}\n",
+                     addr: 127.0.0.1:{port}\n{extra}",
                     dir.join("data").display()
                 ),
             )
@@ -220,7 +226,8 @@ impl Registry {
         }
     }
 
-    /// Whether `GET /v2/` answers 200 with the registry's API-version header.
+    /// Whether `GET /v2/` answers 200 (or 401, when it wants authentication) with the
+    /// registry's API-version header.
     fn answers(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
@@ -235,7 +242,14 @@ impl Registry {
         let mut reply = Vec::new();
         let _ = s.read_to_end(&mut reply);
         let reply = String::from_utf8_lossy(&reply).to_ascii_lowercase();
-        let status_ok = reply.starts_with("http/1.0 200") || reply.starts_with("http/1.1 200");
+        let status_ok = [
+            "http/1.0 200",
+            "http/1.1 200",
+            "http/1.0 401",
+            "http/1.1 401",
+        ]
+        .iter()
+        .any(|s| reply.starts_with(s));
         status_ok && reply.contains("docker-distribution-api-version: registry/2.0")
     }
 
@@ -255,14 +269,19 @@ impl Registry {
 
     /// Push `oci:LAYOUT:TAG` as `NAME:TAG` with skopeo; returns the `docker://` reference.
     pub fn push(&self, layout: &Path, tag: &str, name: &str) -> String {
+        self.push_as(layout, tag, name, None)
+    }
+
+    /// [`Registry::push`] with `USER:PASSWORD` credentials.
+    pub fn push_as(&self, layout: &Path, tag: &str, name: &str, creds: Option<&str>) -> String {
         let remote = self.reference(name, tag);
-        skopeo(&[
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:{tag}", layout.display()),
-            &remote,
-        ]);
+        let source = format!("oci:{}:{tag}", layout.display());
+        let mut args = vec!["copy", "--quiet", "--dest-tls-verify=false"];
+        if let Some(creds) = creds {
+            args.extend(["--dest-creds", creds]);
+        }
+        args.extend([source.as_str(), remote.as_str()]);
+        skopeo(&args);
         remote
     }
 }
@@ -563,4 +582,214 @@ pub fn sibling_top_layer() -> LayerSpec {
         ],
         compress: Compress::Zstd(1),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A token server, for a registry with bearer-token authentication
+// ---------------------------------------------------------------------------------------------
+
+/// The service name the registry and its tokens share.
+pub const TOKEN_SERVICE: &str = "cfs-registry";
+const TOKEN_ISSUER: &str = "cfs-token-issuer";
+
+fn base64(data: &[u8], url: bool) -> String {
+    use base64::Engine as _;
+    if url {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+    } else {
+        base64::engine::general_purpose::STANDARD.encode(data)
+    }
+}
+
+/// The token server of Docker's token authentication (the `realm` of a `Bearer` challenge), on
+/// 127.0.0.1: it grants every requested scope to anyone, as JWTs signed (by the `openssl`
+/// program) with a self-signed RSA key that the registry trusts. It counts the tokens it
+/// issues. Stopped when dropped.
+#[derive(Debug)]
+pub struct TokenServer {
+    port: u16,
+    cert: PathBuf,
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TokenServer {
+    /// Make a key and certificate under `dir` and start serving.
+    pub fn start(dir: &Path) -> TokenServer {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        use std::sync::Arc;
+        std::fs::create_dir_all(dir).expect("token server dir");
+        let key = dir.join("token-key.pem");
+        let cert = dir.join("token-cert.pem");
+        run_ok(
+            Command::new("openssl")
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                ])
+                .args(["-subj", "/CN=cfs-token-issuer", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+            TOOL_TIMEOUT,
+        );
+        let der = run_ok(
+            Command::new("openssl")
+                .args(["x509", "-outform", "DER", "-in"])
+                .arg(&cert),
+            TOOL_TIMEOUT,
+        )
+        .stdout;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("token server port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let issued = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let header = base64(
+            format!(
+                r#"{{"typ":"JWT","alg":"RS256","x5c":["{}"]}}"#,
+                base64(&der, false)
+            )
+            .as_bytes(),
+            true,
+        );
+        let (issued_by_thread, stop_thread, work) = (issued.clone(), stop.clone(), dir.to_owned());
+        let thread = std::thread::spawn(move || {
+            while !stop_thread.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if serve_token(stream, &header, &key, &work) {
+                            issued_by_thread.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        TokenServer {
+            port,
+            cert,
+            issued,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The registry config section that makes it ask for our tokens.
+    pub fn registry_config(&self) -> String {
+        format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {TOKEN_SERVICE}\n    \
+             issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+            self.port,
+            self.cert.display()
+        )
+    }
+
+    /// Tokens issued so far.
+    pub fn issued(&self) -> usize {
+        self.issued.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `%XX` decoding of a query value.
+fn unescape(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => out.push(b),
+                    Err(_) => out.extend_from_slice(&bytes[i..i + 3]),
+                }
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Answer one token request; whether a token was issued.
+fn serve_token(mut stream: TcpStream, header: &str, key: &Path, work: &Path) -> bool {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut request = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => request.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&request).into_owned();
+    let target = text.split_whitespace().nth(1).unwrap_or("");
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    // Every `scope=repository:NAME:ACTIONS` is granted.
+    let access: Vec<String> = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("scope="))
+        .map(unescape)
+        .filter_map(|scope| {
+            let mut parts = scope.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            let actions: Vec<String> = actions.split(',').map(|a| format!("{a:?}")).collect();
+            Some(format!(
+                r#"{{"type":"{kind}","name":"{name}","actions":[{}]}}"#,
+                actions.join(",")
+            ))
+        })
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    static SERIAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let serial = SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let jti = format!("{now}-{}-{serial}", std::process::id());
+    let claims = format!(
+        r#"{{"iss":"{TOKEN_ISSUER}","sub":"anyone","aud":"{TOKEN_SERVICE}","exp":{},"nbf":{},"iat":{now},"jti":"{jti}","access":[{}]}}"#,
+        now + 600,
+        now - 60,
+        access.join(",")
+    );
+    let signing_input = format!("{header}.{}", base64(claims.as_bytes(), true));
+    let input_file = work.join(format!("jwt-input-{jti}"));
+    if std::fs::write(&input_file, &signing_input).is_err() {
+        return false;
+    }
+    let signed = Command::new("openssl")
+        .args(["dgst", "-sha256", "-binary", "-sign"])
+        .arg(key)
+        .arg(&input_file)
+        .output();
+    let _ = std::fs::remove_file(&input_file);
+    let Some(signed) = signed.ok().filter(|o| o.status.success()) else {
+        return false;
+    };
+    let token = format!("{signing_input}.{}", base64(&signed.stdout, true));
+    let body = format!(r#"{{"token":"{token}","access_token":"{token}","expires_in":600}}"#);
+    let reply = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(reply.as_bytes()).is_ok()
 }
