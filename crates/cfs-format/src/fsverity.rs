@@ -316,6 +316,19 @@ impl FsVerityHasher {
         }
     }
 
+    /// A hasher whose data (`size` bytes) has been hashed already: `leaves` holds the hash of
+    /// each data block, the last one zero-padded.
+    fn from_leaves(algorithm: Algorithm, size: u64, leaves: &[u8]) -> Self {
+        let mut hasher = FsVerityHasher::new(algorithm);
+        let dlen = algorithm.digest_len();
+        hasher.size = size;
+        hasher.levels[0].blocks_hashed = (leaves.len() / dlen) as u64;
+        for leaf in leaves.chunks_exact(dlen) {
+            hasher.push_hash(1, leaf);
+        }
+        hasher
+    }
+
     /// Bytes fed so far.
     pub fn size(&self) -> u64 {
         self.size
@@ -435,6 +448,76 @@ pub fn digest(algorithm: Algorithm, data: &[u8]) -> Digest {
     h.finish()
 }
 
+/// fs-verity digests of several in-memory contents, each the same as [`digest`] gives.
+///
+/// Why: with SHA-512 on a CPU with AVX-512, leaf blocks are hashed eight at a time, but a small
+/// file has fewer than eight blocks, and a larger one usually leaves a few over. Here those
+/// leftovers are gathered across the contents into groups of eight, so a batch of small files
+/// (a layer's typical content) is hashed about four times faster than one file at a time.
+pub fn digest_many<C: AsRef<[u8]>>(algorithm: Algorithm, contents: &[C]) -> Vec<Digest> {
+    if algorithm != Algorithm::Sha512 || !cfs_sha512x8::available() {
+        return contents
+            .iter()
+            .map(|c| digest(algorithm, c.as_ref()))
+            .collect();
+    }
+    let dlen = algorithm.digest_len();
+    const LANES: usize = cfs_sha512x8::LANES;
+    let mut leaves: Vec<Vec<u8>> = contents
+        .iter()
+        .map(|c| vec![0u8; c.as_ref().len().div_ceil(BLOCK_SIZE) * dlen])
+        .collect();
+    // Leftover blocks, copied (zero-padded) into a group until it is full: (content, block).
+    let mut group = vec![0u8; LANES * BLOCK_SIZE];
+    let mut grouped: Vec<(usize, usize)> = Vec::with_capacity(LANES);
+    let mut group_out = [0u8; LANES * cfs_sha512x8::DIGEST_LEN];
+    for (index, content) in contents.iter().enumerate() {
+        let data = content.as_ref();
+        let whole_groups = data.len() / BLOCK_SIZE / LANES * LANES;
+        let done = cfs_sha512x8::hash_blocks(
+            data.get(..whole_groups * BLOCK_SIZE).unwrap_or_default(),
+            leaves[index]
+                .get_mut(..whole_groups * dlen)
+                .unwrap_or_default(),
+        );
+        for (block_index, block) in data.chunks(BLOCK_SIZE).enumerate().skip(done) {
+            let slot = &mut group[grouped.len() * BLOCK_SIZE..][..BLOCK_SIZE];
+            slot[..block.len()].copy_from_slice(block);
+            slot[block.len()..].fill(0);
+            grouped.push((index, block_index));
+            if grouped.len() == LANES {
+                if cfs_sha512x8::hash_blocks(&group, &mut group_out) == LANES {
+                    for (k, &(c, b)) in grouped.iter().enumerate() {
+                        leaves[c][b * dlen..][..dlen]
+                            .copy_from_slice(&group_out[k * dlen..][..dlen]);
+                    }
+                } else {
+                    for (k, &(c, b)) in grouped.iter().enumerate() {
+                        algorithm.hash_block(
+                            &group[k * BLOCK_SIZE..][..BLOCK_SIZE],
+                            &mut leaves[c][b * dlen..][..dlen],
+                        );
+                    }
+                }
+                grouped.clear();
+            }
+        }
+    }
+    for (k, &(c, b)) in grouped.iter().enumerate() {
+        algorithm.hash_block(
+            &group[k * BLOCK_SIZE..][..BLOCK_SIZE],
+            &mut leaves[c][b * dlen..][..dlen],
+        );
+    }
+    contents
+        .iter()
+        .zip(&leaves)
+        .map(|(content, leaves)| {
+            FsVerityHasher::from_leaves(algorithm, content.as_ref().len() as u64, leaves).finish()
+        })
+        .collect()
+}
+
 /// fs-verity digest of everything `reader` yields.
 pub fn digest_reader(
     algorithm: Algorithm,
@@ -547,5 +630,47 @@ mod tests {
             serial.update(piece);
         }
         assert_eq!(serial.finish(), digest(Algorithm::Sha256, &data));
+    }
+
+    #[test]
+    fn batched_digests_match_one_at_a_time() {
+        // Sizes around block and group edges, empty and one-byte contents, and a content with
+        // whole groups plus leftovers; each content differs so a mix-up between them shows.
+        let sizes = [
+            0usize,
+            1,
+            64,
+            4095,
+            4096,
+            4097,
+            8191,
+            3 * 4096,
+            7 * 4096 + 1,
+            8 * 4096,
+            8 * 4096 + 1,
+            9 * 4096,
+            17 * 4096 + 100,
+            65 * 4096 + 7,
+            1,
+            5000,
+            12_345,
+        ];
+        let contents: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (j * 31 + i * 7 + j / 4096) as u8).collect())
+            .collect();
+        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
+            let one_by_one: Vec<Digest> = contents.iter().map(|c| digest(algorithm, c)).collect();
+            assert_eq!(digest_many(algorithm, &contents), one_by_one, "{algorithm}");
+            // Every leftover count from 0 to 7 at the end of a batch.
+            for take in 0..contents.len() {
+                assert_eq!(
+                    digest_many(algorithm, &contents[..take]),
+                    one_by_one[..take],
+                    "{algorithm}, {take} contents"
+                );
+            }
+        }
     }
 }

@@ -5,11 +5,12 @@
 //! in pieces both to the parser and to another thread hashing it (the `diff_id`). The `tar`
 //! crate walks the headers; every byte it reads goes through a [`Tee`] that appends it to the
 //! stream as inline data. For a regular file whose body is larger than 64 bytes, the tee is
-//! switched off and the body becomes an object: small bodies are hashed here and written by
-//! the repository's background writer ([`ObjectWriter`]), large ones are streamed into the
-//! repository (never held in memory whole); the stream records a reference to it. Padding,
-//! extension headers, end-of-archive blocks and trailing bytes all go inline, so reassembling
-//! the stream gives back the tar byte for byte.
+//! switched off and the body becomes an object: small bodies are hashed here, in batches (the
+//! stream content after a body waits with it for its digest), and written by the repository's
+//! background writer ([`ObjectWriter`]); large ones are streamed into the repository (never
+//! held in memory whole); the stream records a reference to it. Padding, extension headers,
+//! end-of-archive blocks and trailing bytes all go inline, so reassembling the stream gives
+//! back the tar byte for byte.
 //!
 //! Why the `tar` crate and not our own parser: it already handles the header formats (GNU long
 //! names, PAX overrides, base-256 numbers, checksums), reads exactly the bytes it needs without
@@ -87,6 +88,20 @@ impl ImportStats {
     }
 }
 
+/// Small bodies are hashed in batches of this many files at most ([`fsverity::digest_many`]
+/// hashes their leftover blocks together)…
+const BATCH_FILES: usize = 32;
+/// …or of this many bytes.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Stream content read but not yet written because a body before it waits for its digest.
+enum Pending {
+    /// Inline bytes.
+    Inline(Vec<u8>),
+    /// A small file's body, to be stored as an object.
+    Body(Vec<u8>),
+}
+
 /// State shared between the tee (inside the tar reader) and the import loop.
 struct Shared {
     writer: SplitStreamWriter,
@@ -94,6 +109,67 @@ struct Shared {
     capture: bool,
     /// Bytes of uncompressed tar read so far.
     consumed: u64,
+    /// What waits for the next batch of digests, in stream order (empty: nothing waits, and
+    /// inline bytes go straight to the writer).
+    pending: Vec<Pending>,
+    /// Bodies in `pending`, and their bytes.
+    pending_bodies: usize,
+    /// The stream's name, for errors.
+    stream: String,
+    pending_bytes: usize,
+}
+
+impl Shared {
+    fn inline(&mut self, data: &[u8]) {
+        match self.pending.last_mut() {
+            None => self.writer.write_inline(data),
+            Some(Pending::Inline(buf)) => buf.extend_from_slice(data),
+            Some(Pending::Body(_)) => self.pending.push(Pending::Inline(data.to_vec())),
+        }
+    }
+
+    /// Hash the waiting bodies together, queue them as objects, and write the waiting stream
+    /// content in order.
+    fn flush(&mut self, objects: &mut ObjectWriter<'_>) -> Result<(), RepoError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_bodies = 0;
+        self.pending_bytes = 0;
+        let mut bodies = Vec::new();
+        let mut sizes = Vec::new();
+        let mut order = Vec::with_capacity(pending.len());
+        for item in pending {
+            match item {
+                Pending::Body(body) => {
+                    sizes.push(body.len() as u64);
+                    bodies.push(body);
+                    order.push(None);
+                }
+                Pending::Inline(bytes) => order.push(Some(bytes)),
+            }
+        }
+        let digests = objects.store_many(bodies)?;
+        let mut next = digests.iter().zip(sizes);
+        for item in order {
+            let Some(bytes) = item else {
+                // One digest per body, in order: `next` cannot run dry here.
+                let Some((digest, size)) = next.next() else {
+                    break;
+                };
+                self.writer
+                    .write_reference(digest, size)
+                    .map_err(|source| RepoError::SplitStream {
+                        what: self.stream.clone(),
+                        source,
+                    })?;
+                continue;
+            };
+            self.writer.write_inline(&bytes);
+        }
+        Ok(())
+    }
 }
 
 /// While capturing, appends everything the tar reader reads to the stream.
@@ -109,7 +185,7 @@ impl<R: Read> Read for Tee<R> {
         let mut s = self.shared.borrow_mut();
         s.consumed += n as u64;
         if s.capture {
-            s.writer.write_inline(data);
+            s.inline(data);
         }
         Ok(n)
     }
@@ -354,6 +430,10 @@ fn split_tar(
         writer: repo.create_stream(content_type::OCI_LAYER)?,
         capture: true,
         consumed: 0,
+        pending: Vec::new(),
+        pending_bodies: 0,
+        pending_bytes: 0,
+        stream: layer_stream_id(diff_id),
     }));
     let mut stats = ImportStats::default();
     let ((), written) = repo.with_object_writer(|objects| {
@@ -384,9 +464,9 @@ fn split_tar(
             {
                 if size > INLINE_MAX {
                     shared.borrow_mut().capture = false;
-                    let stored = store_body(objects, &mut entry, size, &mut stats);
+                    let stored = store_body(objects, &shared, &mut entry, size, &mut stats);
                     shared.borrow_mut().capture = true;
-                    let (digest, got) = stored.map_err(|e| match e {
+                    let got = stored.map_err(|e| match e {
                         RepoError::Import { source } => {
                             layer_err(format!("reading the content of {name:?}"), source)
                         }
@@ -402,14 +482,6 @@ fn split_tar(
                             },
                         });
                     }
-                    shared
-                        .borrow_mut()
-                        .writer
-                        .write_reference(&digest, size)
-                        .map_err(|source| RepoError::SplitStream {
-                            what: layer_stream_id(diff_id),
-                            source,
-                        })?;
                 }
             }
             last = Some(name);
@@ -418,6 +490,7 @@ fn split_tar(
         let mut tee = archive.into_inner();
         io::copy(&mut tee, &mut io::sink())
             .map_err(|e| layer_err("reading the end of the tar".into(), e))?;
+        shared.borrow_mut().flush(objects)?;
         Ok::<_, OciError>(())
     })?;
     stats.objects_new += written.new;
@@ -440,16 +513,18 @@ fn split_tar(
     Ok((actual, writer, stats))
 }
 
-/// Store the body of a regular file (`size` bytes from `body`) as an object: whole and through
-/// the background writer when small, streamed here when large. Returns the digest and the bytes
-/// read (less than `size` when the tar is truncated). Counts streamed objects in `stats`; the
-/// writer counts its own.
+/// Store the body of a regular file (`size` bytes from `body`) as an object and refer to it
+/// from the stream: small bodies wait in `shared` to be hashed in a batch and written by the
+/// background writer; large ones are streamed into the repository here (after the batch before
+/// them). Returns the bytes read (less than `size` when the tar is truncated; nothing is stored
+/// then). Counts streamed objects in `stats`; the writer counts its own.
 fn store_body(
     objects: &mut ObjectWriter<'_>,
+    shared: &RefCell<Shared>,
     body: &mut dyn Read,
     size: u64,
     stats: &mut ImportStats,
-) -> Result<(Digest, u64), RepoError> {
+) -> Result<u64, RepoError> {
     if size <= ObjectWriter::MAX_OBJECT as u64 {
         let mut buf = objects.buffer();
         buf.reserve(size as usize);
@@ -457,9 +532,19 @@ fn store_body(
             .take(size)
             .read_to_end(&mut buf)
             .map_err(|source| RepoError::Import { source })?;
-        let digest = objects.store(buf)?;
-        return Ok((digest, got as u64));
+        if got as u64 != size {
+            return Ok(got as u64);
+        }
+        let mut s = shared.borrow_mut();
+        s.pending.push(Pending::Body(buf));
+        s.pending_bodies += 1;
+        s.pending_bytes += got;
+        if s.pending_bodies >= BATCH_FILES || s.pending_bytes >= BATCH_BYTES {
+            s.flush(objects)?;
+        }
+        return Ok(got as u64);
     }
+    shared.borrow_mut().flush(objects)?;
     let (digest, fresh, got) = objects.import_reader(body, Some(size))?;
     if fresh {
         stats.objects_new += 1;
@@ -468,5 +553,14 @@ fn store_body(
         stats.objects_reused += 1;
         stats.bytes_reused += got;
     }
-    Ok((digest, got))
+    if got == size {
+        let mut s = shared.borrow_mut();
+        if let Err(source) = s.writer.write_reference(&digest, size) {
+            return Err(RepoError::SplitStream {
+                what: s.stream.clone(),
+                source,
+            });
+        }
+    }
+    Ok(got)
 }
