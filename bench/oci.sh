@@ -76,12 +76,14 @@ fs_mounted=1
 for i in $(seq "$runs"); do
     run=$fs/run$i
     mkdir -p "$run"
-    for repo in sha512:sha512 sha256:sha256 layout:sha256; do
+    for repo in sha512:sha512 sha256:sha256 skopeo:sha512 layout:sha256; do
         "$bin/cfsctl" --repo "$run/repo-${repo%:*}" init --insecure --algorithm "fsverity-${repo#*:}-12" >/dev/null
     done
     measure cfs "$bin/cfsctl" --repo "$run/repo-sha512" oci pull --tls-verify=false "$ref" deb
     measure skopeo skopeo copy --src-tls-verify=false "$ref" "oci:$run/oci-out:deb"
     measure cfs-sha256 "$bin/cfsctl" --repo "$run/repo-sha256" oci pull --tls-verify=false "$ref" deb
+    # Not a target: the same pull through skopeo's image proxy instead of the direct client.
+    measure cfs-skopeo "$bin/cfsctl" --repo "$run/repo-skopeo" oci pull --fetcher=skopeo --tls-verify=false "$ref" deb
     # Not a target: the same image read from the OCI layout it was packed in (no skopeo, no
     # network), to show what fetching through skopeo costs.
     measure cfs-layout "$bin/cfsctl" --repo "$run/repo-layout" oci pull "oci:$work/layout:deb" deb
@@ -110,6 +112,7 @@ med = {}
 for label, name in (("skopeo", "`skopeo copy docker://… oci:DIR`"),
                     ("cfs", "`cfsctl oci pull docker://…` (default sha512 repository)"),
                     ("cfs-sha256", "`cfsctl oci pull docker://…` (sha256 repository)"),
+                    ("cfs-skopeo", "`cfsctl oci pull --fetcher=skopeo docker://…` (sha512 repository; through skopeo's proxy, no target)"),
                     ("cfs-layout", "`cfsctl oci pull oci:DIR` of the packed layout (sha256 repository; no target)")):
     v = rows[label]
     secs = [r[0] for r in v]

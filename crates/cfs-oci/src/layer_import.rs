@@ -92,7 +92,7 @@ impl ImportStats {
 /// hashes their leftover blocks together)…
 const BATCH_FILES: usize = 32;
 /// …or of this many bytes.
-const BATCH_BYTES: usize = 4 << 20;
+const BATCH_BYTES: usize = 1 << 20;
 
 /// Stream content read but not yet written because a body before it waits for its digest.
 enum Pending {

@@ -43,8 +43,10 @@ type Batch = Vec<(Digest, Vec<u8>)>;
 /// New object bytes after which a background `syncfs` is requested.
 const FLUSH_EVERY: u64 = 32 << 20;
 
-/// Largest buffer handed back for reuse.
-const RECYCLE_MAX: usize = 1 << 20;
+/// Largest buffer handed back for reuse. A reused buffer keeps its capacity whatever it holds
+/// next, and with batches many objects are in flight at once: recycling 1 MiB buffers kept
+/// ~80 MiB resident during a layer import against ~35 MiB now, and was no faster.
+const RECYCLE_MAX: usize = 64 << 10;
 
 /// What the writer thread stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
