@@ -130,7 +130,7 @@ impl Shared {
 
     /// Hash the waiting bodies together, queue them as objects, and write the waiting stream
     /// content in order.
-    fn flush(&mut self, objects: &mut ObjectWriter<'_>) -> Result<(), RepoError> {
+    fn flush(&mut self, objects: &mut ObjectWriter<'_>) -> Result<(), OciError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -154,9 +154,11 @@ impl Shared {
         let mut next = digests.iter().zip(sizes);
         for item in order {
             let Some(bytes) = item else {
-                // One digest per body, in order: `next` cannot run dry here.
                 let Some((digest, size)) = next.next() else {
-                    break;
+                    return Err(OciError::Corrupt {
+                        what: self.stream.clone(),
+                        reason: "internal error: a batch got fewer digests than bodies".into(),
+                    });
                 };
                 self.writer
                     .write_reference(digest, size)
@@ -210,6 +212,13 @@ enum Inflated {
     Failed(io::Error),
 }
 
+/// The decompressor's supply of piece buffers: `give_back` is cloned to whoever reads pieces,
+/// `spare` is where the buffers come back.
+struct PieceBuffers<'a> {
+    give_back: &'a Sender<Vec<u8>>,
+    spare: &'a Receiver<Vec<u8>>,
+}
+
 /// Whichever of the parser and the hasher lets go of a piece last hands its buffer back to the
 /// decompressor.
 fn recycle(piece: Piece, spare: &Sender<Vec<u8>>) {
@@ -228,9 +237,9 @@ fn inflate(
     blob: &mut (dyn Read + Send),
     algorithm: crate::digest::DigestAlgorithm,
     out: &SyncSender<Inflated>,
-    spare: (&Sender<Vec<u8>>, &Receiver<Vec<u8>>),
+    buffers: PieceBuffers<'_>,
 ) {
-    let (give_back, spare) = spare;
+    let PieceBuffers { give_back, spare } = buffers;
     let (to_hasher, hasher_input) = mpsc::sync_channel::<Piece>(TAR_CHUNKS_IN_FLIGHT);
     let result = std::thread::scope(|scope| {
         let give_back_hashed = give_back.clone();
@@ -382,7 +391,15 @@ pub fn import_layer(
         let inflater = std::thread::Builder::new()
             .name("cfs-inflate".into())
             .spawn_scoped(scope, move || {
-                inflate(blob, algorithm, &piece_tx, (&give_back_inflated, &spare))
+                inflate(
+                    blob,
+                    algorithm,
+                    &piece_tx,
+                    PieceBuffers {
+                        give_back: &give_back_inflated,
+                        spare: &spare,
+                    },
+                )
             })
             .map_err(|e| OciError::io("starting the decompression thread", e))?;
         let mut tar = TarPieces {
@@ -463,6 +480,10 @@ fn split_tar(
             }) = parsed
             {
                 if size > INLINE_MAX {
+                    if size > ObjectWriter::MAX_OBJECT as u64 {
+                        // Streamed bodies are written at once: the batch before goes first.
+                        shared.borrow_mut().flush(objects)?;
+                    }
                     shared.borrow_mut().capture = false;
                     let stored = store_body(objects, &shared, &mut entry, size, &mut stats);
                     shared.borrow_mut().capture = true;
@@ -481,6 +502,13 @@ fn split_tar(
                                 actual: got,
                             },
                         });
+                    }
+                    let full = {
+                        let s = shared.borrow();
+                        s.pending_bodies >= BATCH_FILES || s.pending_bytes >= BATCH_BYTES
+                    };
+                    if full {
+                        shared.borrow_mut().flush(objects)?;
                     }
                 }
             }
@@ -515,8 +543,8 @@ fn split_tar(
 
 /// Store the body of a regular file (`size` bytes from `body`) as an object and refer to it
 /// from the stream: small bodies wait in `shared` to be hashed in a batch and written by the
-/// background writer; large ones are streamed into the repository here (after the batch before
-/// them). Returns the bytes read (less than `size` when the tar is truncated; nothing is stored
+/// background writer; large ones are streamed into the repository here (the caller has flushed
+/// the batch before them). Returns the bytes read (less than `size` when the tar is truncated; nothing is stored
 /// then). Counts streamed objects in `stats`; the writer counts its own.
 fn store_body(
     objects: &mut ObjectWriter<'_>,
@@ -539,12 +567,8 @@ fn store_body(
         s.pending.push(Pending::Body(buf));
         s.pending_bodies += 1;
         s.pending_bytes += got;
-        if s.pending_bodies >= BATCH_FILES || s.pending_bytes >= BATCH_BYTES {
-            s.flush(objects)?;
-        }
         return Ok(got as u64);
     }
-    shared.borrow_mut().flush(objects)?;
     let (digest, fresh, got) = objects.import_reader(body, Some(size))?;
     if fresh {
         stats.objects_new += 1;

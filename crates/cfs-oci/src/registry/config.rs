@@ -2,9 +2,11 @@
 //! image) reads it: credentials from the auth files, and everything that would make skopeo
 //! fetch differently from a plain anonymous or password-authenticated HTTPS client. Anything
 //! of the second kind (mirrors and other `registries.conf` rewrites, credential helpers,
-//! identity tokens, per-registry certificates, HTTP proxies) is reported as a reason to leave
-//! the image to skopeo, so the direct client never fetches something skopeo would fetch
-//! another way.
+//! identity tokens, per-registry certificates, HTTP proxies, a signature policy that asks for
+//! more than `insecureAcceptAnything`) is reported as a reason to leave the image to skopeo, so
+//! the direct client never fetches something skopeo would fetch another way, or would refuse.
+//! Where skopeo's own lookup rules are unclear, more places are read than skopeo reads: an
+//! extra file can only send an image to skopeo.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -39,7 +41,7 @@ pub struct Environment {
     vars: BTreeMap<String, String>,
     /// Root of the system configuration (`/` outside tests).
     root: PathBuf,
-    is_root: bool,
+    uid: u32,
 }
 
 impl Environment {
@@ -48,20 +50,20 @@ impl Environment {
         Environment {
             vars: std::env::vars().collect(),
             root: PathBuf::from("/"),
-            is_root: rustix::process::geteuid().is_root(),
+            uid: rustix::process::geteuid().as_raw(),
         }
     }
 
     /// An environment with `vars`, the system configuration under `root`.
     #[cfg(test)]
-    pub fn fake(vars: &[(&str, &str)], root: &Path, is_root: bool) -> Environment {
+    pub fn fake(vars: &[(&str, &str)], root: &Path, uid: u32) -> Environment {
         Environment {
             vars: vars
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
             root: root.to_owned(),
-            is_root,
+            uid,
         }
     }
 
@@ -84,6 +86,23 @@ impl Environment {
         self.var("XDG_CONFIG_HOME")
             .map(PathBuf::from)
             .or_else(|| self.home().map(|h| h.join(".config")))
+    }
+
+    /// Every per-user configuration directory that may be read: `$XDG_CONFIG_HOME` and
+    /// `$HOME/.config` (containers/image uses one or the other depending on the file).
+    fn config_homes(&self) -> Vec<PathBuf> {
+        let mut homes: Vec<PathBuf> = self
+            .var("XDG_CONFIG_HOME")
+            .map(PathBuf::from)
+            .into_iter()
+            .collect();
+        if let Some(home) = self.home() {
+            let dot_config = home.join(".config");
+            if !homes.contains(&dot_config) {
+                homes.push(dot_config);
+            }
+        }
+        homes
     }
 }
 
@@ -110,6 +129,7 @@ pub fn needs_skopeo(env: &Environment, reference: &DockerReference) -> Option<St
     proxy_configured(env)
         .or_else(|| registries_configured(env))
         .or_else(|| certificates_configured(env, reference))
+        .or_else(|| policy_restricts(env))
 }
 
 fn proxy_configured(env: &Environment) -> Option<String> {
@@ -134,24 +154,23 @@ fn registries_configured(env: &Environment) -> Option<String> {
     let mut files = Vec::new();
     if let Some(file) = env.var("CONTAINERS_REGISTRIES_CONF") {
         files.push(PathBuf::from(file));
-    } else {
-        files.push(env.system("/etc/containers/registries.conf"));
-        let mut dirs = vec![env.system("/etc/containers/registries.conf.d")];
-        if let Some(config) = env.config_home() {
-            files.push(config.join("containers/registries.conf"));
-            dirs.push(config.join("containers/registries.conf.d"));
-        }
-        for dir in dirs {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            let mut drop_ins: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "conf"))
-                .collect();
-            drop_ins.sort();
-            files.extend(drop_ins);
-        }
+    }
+    files.push(env.system("/etc/containers/registries.conf"));
+    let mut dirs = vec![env.system("/etc/containers/registries.conf.d")];
+    for config in env.config_homes() {
+        files.push(config.join("containers/registries.conf"));
+        dirs.push(config.join("containers/registries.conf.d"));
+    }
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut drop_ins: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "conf"))
+            .collect();
+        drop_ins.sort();
+        files.extend(drop_ins);
     }
     files.iter().find_map(|file| {
         let text = match read_small(file) {
@@ -182,9 +201,11 @@ fn certificates_configured(env: &Environment, reference: &DockerReference) -> Op
         env.system("/etc/containers/certs.d"),
         env.system("/etc/docker/certs.d"),
     ];
-    if let Some(config) = env.config_home() {
-        dirs.push(config.join("containers/certs.d"));
-    }
+    dirs.extend(
+        env.config_homes()
+            .into_iter()
+            .map(|c| c.join("containers/certs.d")),
+    );
     let hosts = [reference.registry.as_str(), reference.api_host()];
     dirs.iter()
         .flat_map(|d| hosts.iter().map(move |h| d.join(h)))
@@ -192,25 +213,83 @@ fn certificates_configured(env: &Environment, reference: &DockerReference) -> Op
         .map(|d| format!("{} holds certificates for the registry", d.display()))
 }
 
-/// The auth files skopeo reads, in its order.
-fn auth_files(env: &Environment, authfile: Option<&Path>) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    if let Some(file) = authfile {
-        files.push(file.to_owned());
-    } else if let Some(file) = env.var("REGISTRY_AUTH_FILE") {
-        files.push(PathBuf::from(file));
-    } else {
-        match env.var("XDG_RUNTIME_DIR") {
-            Some(dir) => files.push(Path::new(dir).join("containers/auth.json")),
-            None if env.is_root => files.push(env.system("/run/containers/0/auth.json")),
-            None => {}
-        }
-        if let Some(config) = env.config_home() {
-            files.push(config.join("containers/auth.json"));
+/// The signature policy skopeo applies (`$XDG_CONFIG_HOME/containers/policy.json` or
+/// `~/.config/…`, else `/etc/containers/policy.json`): anything but `insecureAcceptAnything`
+/// for the `docker` transport means signatures or a refusal, which are skopeo's to handle.
+fn policy_restricts(env: &Environment) -> Option<String> {
+    let mut candidates: Vec<PathBuf> = env
+        .config_homes()
+        .into_iter()
+        .map(|c| c.join("containers/policy.json"))
+        .collect();
+    candidates.push(env.system("/etc/containers/policy.json"));
+    let mut found = None;
+    for file in candidates {
+        match read_small(&file) {
+            Ok(Some(text)) => {
+                found = Some((file, text));
+                break;
+            }
+            Ok(None) => continue,
+            Err(why) => return Some(why),
         }
     }
+    let Some((file, text)) = found else {
+        return Some("there is no containers policy.json".into());
+    };
+    let policy: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => return Some(format!("cannot parse {}: {e}", file.display())),
+    };
+    let accepts_anything = |requirements: &serde_json::Value| {
+        requirements.as_array().is_some_and(|list| {
+            !list.is_empty()
+                && list.iter().all(|r| {
+                    r.get("type").and_then(|t| t.as_str()) == Some("insecureAcceptAnything")
+                })
+        })
+    };
+    let docker = policy.get("transports").and_then(|t| t.get("docker"));
+    let scopes = docker.and_then(|d| d.as_object());
+    // The docker transport's own default (scope "") replaces the global one.
+    let base = scopes
+        .and_then(|s| s.get(""))
+        .or_else(|| policy.get("default"));
+    let every_scope_accepts = scopes.is_none_or(|s| s.values().all(accepts_anything));
+    if base.is_some_and(accepts_anything) && every_scope_accepts {
+        None
+    } else {
+        Some(format!(
+            "{} asks for more than insecureAcceptAnything for docker images",
+            file.display()
+        ))
+    }
+}
+
+/// The auth files skopeo reads, in its order (containers/image's `getAuthFilePaths`): an
+/// explicit file (`--authfile`, else `REGISTRY_AUTH_FILE`) alone; otherwise the runtime
+/// directory's `auth.json`, the configuration directory's, then Docker's files.
+fn auth_files(env: &Environment, authfile: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(file) = authfile {
+        return vec![file.to_owned()];
+    }
+    if let Some(file) = env.var("REGISTRY_AUTH_FILE") {
+        return vec![PathBuf::from(file)];
+    }
+    let mut files = Vec::new();
+    match env.var("XDG_RUNTIME_DIR") {
+        Some(dir) => files.push(Path::new(dir).join("containers/auth.json")),
+        None => files.push(env.system(&format!("/run/containers/{}/auth.json", env.uid))),
+    }
+    if let Some(config) = env.config_home() {
+        files.push(config.join("containers/auth.json"));
+    }
+    match (env.var("DOCKER_CONFIG"), env.home()) {
+        (Some(dir), _) => files.push(Path::new(dir).join("config.json")),
+        (None, Some(home)) => files.push(home.join(".docker/config.json")),
+        (None, None) => {}
+    }
     if let Some(home) = env.home() {
-        files.push(home.join(".docker/config.json"));
         files.push(home.join(".dockercfg"));
     }
     files
@@ -336,7 +415,8 @@ pub fn credentials(
         };
         return Ok(Some(Credentials {
             user: user.to_owned(),
-            password: password.trim_end_matches('\n').to_owned(),
+            // containers/image drops NULs around the password.
+            password: password.trim_matches('\0').to_owned(),
         }));
     }
     Ok(None)
@@ -355,6 +435,9 @@ mod tests {
         std::fs::write(path, text).expect("write");
     }
 
+    const ACCEPT_ANYTHING: &str = r#"{"default":[{"type":"insecureAcceptAnything"}],
+        "transports":{"docker-daemon":{"":[{"type":"insecureAcceptAnything"}]}}}"#;
+
     fn b64(text: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(text)
     }
@@ -363,12 +446,16 @@ mod tests {
     fn plain_configuration_allows_direct_fetches() {
         let root = tempfile::tempdir().expect("tempdir");
         let home = root.path().join("home");
-        let env = Environment::fake(
-            &[("HOME", home.to_str().expect("utf-8"))],
-            root.path(),
-            true,
-        );
+        let env = Environment::fake(&[("HOME", home.to_str().expect("utf-8"))], root.path(), 0);
         let r = reference("docker://quay.io/a/b:1");
+        // Without a policy, skopeo refuses to pull; with Debian's default one it accepts.
+        assert!(needs_skopeo(&env, &r)
+            .expect("no policy")
+            .contains("policy.json"));
+        write(
+            &root.path().join("etc/containers/policy.json"),
+            ACCEPT_ANYTHING,
+        );
         assert_eq!(needs_skopeo(&env, &r), None);
         // Short-name aliases and search lists do not concern docker:// references.
         write(
@@ -392,12 +479,15 @@ mod tests {
         let root = tempfile::tempdir().expect("tempdir");
         let home = root.path().join("home");
         let home_str = home.to_str().expect("utf-8");
-        let env = Environment::fake(&[("HOME", home_str)], root.path(), false);
+        let env = Environment::fake(&[("HOME", home_str)], root.path(), 1000);
+        let policy = root.path().join("etc/containers/policy.json");
+        write(&policy, ACCEPT_ANYTHING);
+        assert_eq!(needs_skopeo(&env, &r), None);
 
         let proxied = Environment::fake(
             &[("HOME", home_str), ("https_proxy", "http://proxy:3128")],
             root.path(),
-            false,
+            1000,
         );
         assert!(needs_skopeo(&proxied, &r)
             .expect("proxy")
@@ -427,6 +517,30 @@ mod tests {
         std::fs::remove_file(root.path().join("etc/containers/registries.conf")).expect("rm");
         assert_eq!(needs_skopeo(&env, &r), None);
 
+        // Signatures or refusals, for any docker scope, and a user policy that replaces the
+        // system one.
+        for text in [
+            r#"{"default":[{"type":"reject"}]}"#,
+            r#"{"default":[{"type":"insecureAcceptAnything"}],"transports":{"docker":
+                {"quay.io/a":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/k"}]}}}"#,
+            r#"{"default":[{"type":"insecureAcceptAnything"}],"transports":{"docker":{"":[]}}}"#,
+            "{",
+        ] {
+            write(&policy, text);
+            assert!(needs_skopeo(&env, &r).is_some(), "{text}");
+        }
+        write(
+            &policy,
+            r#"{"default":[{"type":"reject"}],"transports":{"docker":{"":[{"type":"insecureAcceptAnything"}]}}}"#,
+        );
+        assert_eq!(needs_skopeo(&env, &r), None);
+        let user_policy = home.join(".config/containers/policy.json");
+        write(&user_policy, r#"{"default":[{"type":"reject"}]}"#);
+        assert!(needs_skopeo(&env, &r)
+            .expect("user policy")
+            .contains(".config"));
+        std::fs::remove_file(&user_policy).expect("rm");
+
         let certs = root.path().join("etc/containers/certs.d/quay.io");
         std::fs::create_dir_all(&certs).expect("mkdir");
         assert!(needs_skopeo(&env, &r)
@@ -445,7 +559,7 @@ mod tests {
                 ("XDG_RUNTIME_DIR", runtime.to_str().expect("utf-8")),
             ],
             root.path(),
-            false,
+            1000,
         );
         let r = reference("docker://127.0.0.1:5000/cfs/rich:1");
         let docker = home.join(".docker/config.json");
@@ -469,7 +583,7 @@ mod tests {
         );
         let found = credentials(&env, &r, None).expect("ok").expect("found");
         assert_eq!(found.user, "ns");
-        // An explicit auth file is read first.
+        // An explicit auth file is read alone.
         let explicit = root.path().join("explicit.json");
         write(
             &explicit,
@@ -483,12 +597,59 @@ mod tests {
             .expect("found");
         assert_eq!(found.user, "e");
         let missing = root.path().join("missing.json");
+        assert_eq!(credentials(&env, &r, Some(&missing)), Ok(None));
+        let by_env = Environment::fake(
+            &[
+                ("HOME", home.to_str().expect("utf-8")),
+                ("REGISTRY_AUTH_FILE", explicit.to_str().expect("utf-8")),
+            ],
+            root.path(),
+            1000,
+        );
         assert_eq!(
-            credentials(&env, &r, Some(&missing))
+            credentials(&by_env, &r, None)
                 .expect("ok")
                 .expect("found")
                 .user,
-            "d"
+            "e"
+        );
+        // DOCKER_CONFIG replaces ~/.docker; without XDG_RUNTIME_DIR, /run/containers/UID.
+        let docker_dir = root.path().join("docker-config");
+        write(
+            &docker_dir.join("config.json"),
+            &format!(
+                r#"{{"auths":{{"127.0.0.1:5000":{{"auth":"{}"}}}}}}"#,
+                b64("dc:5")
+            ),
+        );
+        let docker_env = Environment::fake(
+            &[
+                ("HOME", home.to_str().expect("utf-8")),
+                ("DOCKER_CONFIG", docker_dir.to_str().expect("utf-8")),
+            ],
+            root.path(),
+            1000,
+        );
+        assert_eq!(
+            credentials(&docker_env, &r, None)
+                .expect("ok")
+                .expect("found")
+                .user,
+            "dc"
+        );
+        write(
+            &root.path().join("run/containers/1000/auth.json"),
+            &format!(
+                r#"{{"auths":{{"127.0.0.1:5000":{{"auth":"{}"}}}}}}"#,
+                b64("run:6")
+            ),
+        );
+        assert_eq!(
+            credentials(&docker_env, &r, None)
+                .expect("ok")
+                .expect("found")
+                .user,
+            "run"
         );
         // Docker Hub's legacy key.
         write(

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use ureq::http::{Response, StatusCode};
-use ureq::Body;
+use ureq::{Body, ResponseExt as _};
 
 use crate::digest::{DigestAlgorithm, OciDigest};
 use crate::error::OciError;
@@ -68,7 +68,11 @@ impl RegistrySource {
     }
 
     fn open_in(env: &Environment, text: &str, opts: &FetchOptions) -> Result<Opened, OciError> {
-        let reference = DockerReference::parse(text)?;
+        // A reference we cannot read may still be one skopeo can; if not, it says so itself.
+        let reference = match DockerReference::parse(text) {
+            Ok(r) => r,
+            Err(e) => return Ok(Opened::NeedsSkopeo(e.to_string())),
+        };
         if let Some(why) = config::needs_skopeo(env, &reference) {
             return Ok(Opened::NeedsSkopeo(why));
         }
@@ -77,6 +81,9 @@ impl RegistrySource {
             Err(why) => return Ok(Opened::NeedsSkopeo(why)),
         };
         let mut client = Client::new(reference, credentials, opts.insecure);
+        if opts.insecure {
+            client.choose_scheme()?;
+        }
         let mut target = client.reference.target_text();
         let mut expected = match &client.reference.target {
             Target::Digest(d) => Some(d.clone()),
@@ -87,6 +94,9 @@ impl RegistrySource {
             let fetched = client.manifest(&target, expected.as_ref())?;
             match fetched.media_type.as_str() {
                 media_type::OCI_MANIFEST => {
+                    if let Some(why) = needs_skopeo_for_manifest(&fetched) {
+                        return Ok(Opened::NeedsSkopeo(why));
+                    }
                     return Ok(Opened::Direct(Box::new(RegistrySource {
                         text: text.to_owned(),
                         client,
@@ -96,13 +106,13 @@ impl RegistrySource {
                 media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST => {
                     let what = format!("image index {}", fetched.digest);
                     let index = Index::parse(&what, &fetched.bytes)?;
-                    let entry = index.for_this_platform().ok_or_else(|| OciError::Invalid {
-                        what,
-                        reason: format!(
-                            "no manifest for linux/{}",
-                            crate::model::host_architecture()
-                        ),
-                    })?;
+                    let entry = match pick_from_index(&index, crate::model::host_architecture()) {
+                        Ok(entry) => entry,
+                        Err(IndexChoice::NoneForUs(reason)) => {
+                            return Err(OciError::Invalid { what, reason })
+                        }
+                        Err(IndexChoice::NeedsRanking(why)) => return Ok(Opened::NeedsSkopeo(why)),
+                    };
                     target = entry.digest.to_string();
                     expected = Some(entry.digest.clone());
                 }
@@ -161,6 +171,54 @@ impl ImageSource for RegistrySource {
         let body = response.into_body().into_reader();
         Ok(Box::new(VerifyingReader::new(body, desc)))
     }
+}
+
+/// Why an index entry could not be picked.
+#[derive(Debug, PartialEq, Eq)]
+enum IndexChoice {
+    /// Nothing for this platform: an error whichever way the image is fetched.
+    NoneForUs(String),
+    /// skopeo would have to choose (several candidates, variants, entries without a platform).
+    NeedsRanking(String),
+}
+
+/// The index entry for linux/`arch`, when there is exactly one plain candidate. skopeo ranks
+/// variants and compression annotations and accepts entries without a platform; only a single
+/// plain entry is sure to resolve the same way here.
+fn pick_from_index<'i>(index: &'i Index, arch: &str) -> Result<&'i Descriptor, IndexChoice> {
+    let candidates: Vec<&Descriptor> = index
+        .manifests
+        .iter()
+        .filter(|d| {
+            d.platform
+                .as_ref()
+                .is_none_or(|p| p.os == "linux" && p.architecture == arch)
+        })
+        .collect();
+    match candidates.as_slice() {
+        [one] if one.platform.as_ref().is_some_and(|p| p.variant.is_none()) => Ok(*one),
+        [] => Err(IndexChoice::NoneForUs(format!(
+            "no manifest for linux/{arch}"
+        ))),
+        _ => Err(IndexChoice::NeedsRanking(format!(
+            "the image index leaves skopeo to choose among its linux/{arch} manifests"
+        ))),
+    }
+}
+
+/// Why an OCI manifest must go to skopeo after all: blobs with `urls` (foreign layers), which
+/// skopeo fetches from those URLs.
+fn needs_skopeo_for_manifest(fetched: &FetchedManifest) -> Option<String> {
+    let manifest: serde_json::Value = serde_json::from_slice(&fetched.bytes).ok()?;
+    let has_urls = |d: &serde_json::Value| {
+        d.get("urls")
+            .and_then(|u| u.as_array())
+            .is_some_and(|u| !u.is_empty())
+    };
+    let layers = manifest.get("layers").and_then(|l| l.as_array());
+    let foreign = layers.is_some_and(|l| l.iter().any(has_urls))
+        || manifest.get("config").is_some_and(has_urls);
+    foreign.then(|| "the manifest names blobs by URL (foreign layers)".into())
 }
 
 /// A manifest as the registry sent it.
@@ -306,6 +364,10 @@ fn agent(insecure: bool) -> ureq::Agent {
         .http_status_as_error(false)
         // Proxies are skopeo's business (config::needs_skopeo).
         .proxy(None)
+        // A verified registry may not redirect us to plain HTTP.
+        .https_only(!insecure)
+        // As Go's client: credentials follow a redirect on the same host only.
+        .redirect_auth_headers(ureq::config::RedirectAuthHeaders::SameHost)
         .tls_config(tls)
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_recv_response(Some(STALL_TIMEOUT))
@@ -367,6 +429,14 @@ impl Client {
                 return Ok(response);
             }
             challenged = true;
+            // Credentials go to the registry only, not to wherever it redirected us.
+            let answered_by = response
+                .get_uri()
+                .authority()
+                .map(|a| a.as_str().to_owned());
+            if answered_by.as_deref() != Some(self.reference.api_host()) {
+                return Err(self.refusal(what, response));
+            }
             let challenge = response
                 .headers()
                 .get("www-authenticate")
@@ -427,6 +497,9 @@ impl Client {
         if let Some(service) = challenge.param("service") {
             url.push_str(&format!("&service={}", query_value(service)));
         }
+        if let Some(c) = &self.credentials {
+            url.push_str(&format!("&account={}", query_value(&c.user)));
+        }
         let mut request = self.agent.get(&url);
         if let Some(c) = &self.credentials {
             request = request.header("Authorization", basic(c));
@@ -485,8 +558,28 @@ impl Client {
         self.registry_error(what, reason)
     }
 
-    /// Fetch a manifest by tag or digest (checking it against `expected`). For an insecure
-    /// registry, the first request also finds out whether it speaks TLS at all.
+    /// For an insecure registry, skopeo's rule: HTTPS without verification if the registry
+    /// speaks it, else plain HTTP. Decided by pinging `/v2/` (any HTTP answer will do) before
+    /// anything, credentials included, is sent.
+    fn choose_scheme(&mut self) -> Result<(), OciError> {
+        let ping = |base: &str| self.agent.get(&format!("{base}/v2/")).call().map(drop);
+        let Err(tls_error) = ping(&self.base) else {
+            return Ok(());
+        };
+        let http = format!("http://{}", self.reference.api_host());
+        match ping(&http) {
+            Ok(()) => {
+                self.base = http;
+                Ok(())
+            }
+            Err(http_error) => Err(self.registry_error(
+                "reaching /v2/",
+                format!("over HTTPS: {tls_error}; over HTTP: {http_error}"),
+            )),
+        }
+    }
+
+    /// Fetch a manifest by tag or digest (checking it against `expected`).
     fn manifest(
         &mut self,
         target: &str,
@@ -494,20 +587,7 @@ impl Client {
     ) -> Result<FetchedManifest, OciError> {
         let path = format!("/v2/{}/manifests/{target}", self.reference.repository);
         let what = format!("manifest of {}", self.reference);
-        let response = match self.get(&path, Some(MANIFEST_ACCEPT), &what) {
-            Err(tls_error) if self.insecure && self.base.starts_with("https://") => {
-                // skopeo's rule for --tls-verify=false: HTTPS without verification, else HTTP.
-                self.base = format!("http://{}", self.reference.api_host());
-                self.get(&path, Some(MANIFEST_ACCEPT), &what)
-                    .map_err(|http_error| {
-                        self.registry_error(
-                            &what,
-                            format!("over HTTPS: {tls_error}; over HTTP: {http_error}"),
-                        )
-                    })?
-            }
-            other => other?,
-        };
+        let response = self.get(&path, Some(MANIFEST_ACCEPT), &what)?;
         match response.status() {
             StatusCode::OK => {}
             StatusCode::NOT_FOUND => {
@@ -586,6 +666,67 @@ mod tests {
     }
 
     #[test]
+    fn only_a_single_plain_index_entry_is_picked_here() {
+        const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        let index = |entries: &str| {
+            Index::parse(
+                "i",
+                format!(r#"{{"schemaVersion":2,"manifests":[{entries}]}}"#).as_bytes(),
+            )
+            .expect("index")
+        };
+        let entry = |digest: &str, platform: &str| {
+            format!(
+                r#"{{"mediaType":"{}","digest":"{digest}","size":1{platform}}}"#,
+                media_type::OCI_MANIFEST
+            )
+        };
+        let amd64 = r#","platform":{"os":"linux","architecture":"amd64"}"#;
+        let arm64 = r#","platform":{"os":"linux","architecture":"arm64"}"#;
+        let v3 = r#","platform":{"os":"linux","architecture":"amd64","variant":"v3"}"#;
+        let two = index(&format!("{},{}", entry(D1, amd64), entry(D2, arm64)));
+        assert_eq!(
+            pick_from_index(&two, "amd64").map(|d| d.digest.to_string()),
+            Ok(D1.to_owned())
+        );
+        assert_eq!(
+            pick_from_index(&two, "arm64").map(|d| d.digest.to_string()),
+            Ok(D2.to_owned())
+        );
+        assert!(matches!(
+            pick_from_index(&two, "s390x"),
+            Err(IndexChoice::NoneForUs(_))
+        ));
+        for ambiguous in [
+            index(&format!("{},{}", entry(D1, amd64), entry(D2, v3))),
+            index(&format!("{},{}", entry(D1, amd64), entry(D2, ""))),
+            index(&entry(D1, v3)),
+        ] {
+            assert!(matches!(
+                pick_from_index(&ambiguous, "amd64"),
+                Err(IndexChoice::NeedsRanking(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn foreign_layers_go_to_skopeo() {
+        let manifest = |layer_extra: &str| FetchedManifest {
+            digest: OciDigest::of(DigestAlgorithm::Sha256, b""),
+            media_type: media_type::OCI_MANIFEST.into(),
+            bytes: format!(
+                r#"{{"schemaVersion":2,"config":{{"mediaType":"x","digest":"d","size":1}},
+                   "layers":[{{"mediaType":"y","digest":"d","size":1{layer_extra}}}]}}"#
+            )
+            .into_bytes(),
+        };
+        assert_eq!(needs_skopeo_for_manifest(&manifest("")), None);
+        assert_eq!(needs_skopeo_for_manifest(&manifest(r#","urls":[]"#)), None);
+        assert!(needs_skopeo_for_manifest(&manifest(r#","urls":["https://x/y"]"#)).is_some());
+    }
+
+    #[test]
     fn query_values_are_escaped() {
         assert_eq!(
             query_value("repository:a/b:pull"),
@@ -602,7 +743,13 @@ mod tests {
             .expect("port")
             .port();
         let root = tempfile::tempdir().expect("tempdir");
-        let env = Environment::fake(&[], root.path(), false);
+        std::fs::create_dir_all(root.path().join("etc/containers")).expect("mkdir");
+        std::fs::write(
+            root.path().join("etc/containers/policy.json"),
+            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+        )
+        .expect("policy");
+        let env = Environment::fake(&[], root.path(), 1000);
         let opts = FetchOptions {
             insecure: true,
             ..FetchOptions::default()

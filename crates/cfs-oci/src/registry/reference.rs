@@ -1,5 +1,6 @@
 //! `docker://` references, normalised as the docker transport normalises them: a first
-//! component without a dot, a colon or `localhost` is a Docker Hub repository, Docker Hub's
+//! component without a dot, a colon, an uppercase letter or `localhost` is a Docker Hub
+//! repository, Docker Hub's
 //! single-component names live under `library/`, the tag defaults to `latest`, and a digest
 //! wins over a tag.
 
@@ -60,7 +61,10 @@ impl DockerReference {
         };
         let (registry, path) = match name.split_once('/') {
             Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
+                if first.contains('.')
+                    || first.contains(':')
+                    || first == "localhost"
+                    || first.chars().any(|c| c.is_ascii_uppercase()) =>
             {
                 (first, path)
             }
@@ -203,6 +207,7 @@ mod tests {
             parse("docker://index.docker.io/busybox").repository,
             "library/busybox"
         );
+        assert_eq!(parse("docker://MyHost/x").registry, "MyHost");
         let r = parse("docker://localhost/x");
         assert_eq!(
             (r.registry.as_str(), r.repository.as_str()),
