@@ -60,6 +60,18 @@ pub const CFSCTL_TIMEOUT: Duration = Duration::from_secs(300);
 pub fn cfsctl(repo: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cfsctl"));
     cmd.arg("--repo").arg(repo).args(args);
+    // The registries are on loopback; a proxy from the environment would only send the pull
+    // through skopeo (and the tests check which way it came).
+    for var in [
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+    ] {
+        cmd.env_remove(var);
+    }
     run_with_timeout(&mut cmd, CFSCTL_TIMEOUT)
         .unwrap_or_else(|e| panic!("running cfsctl {args:?}: {e}"))
 }
