@@ -72,6 +72,10 @@ impl SkopeoSource {
             config.insecure_skip_tls_verification = Some(true);
         }
         config.authfile.clone_from(&opts.authfile);
+        if let Some(credentials) = &opts.credentials {
+            config.authfile = None;
+            config.auth_data = Some(credentials_file(reference, credentials)?);
+        }
         let opened = runtime.block_on(async {
             let proxy = ImageProxy::new_with_config(config)
                 .await
@@ -114,6 +118,31 @@ impl Drop for SkopeoSource {
         }
         runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     }
+}
+
+/// `--creds` for skopeo: an auth file in memory (a memfd, never on disk) naming the reference's
+/// registry.
+fn credentials_file(
+    reference: &str,
+    credentials: &crate::registry::config::Credentials,
+) -> Result<std::fs::File, OciError> {
+    use std::io::{Seek, Write};
+    let registry = match crate::registry::reference::DockerReference::parse(reference) {
+        Ok(r) => r.registry,
+        Err(_) => {
+            return Err(OciError::InvalidReference {
+                reference: reference.to_owned(),
+                reason: "credentials are for docker:// references".into(),
+            })
+        }
+    };
+    let fd = rustix::fs::memfd_create("cfs-auth", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| OciError::io("creating the in-memory auth file", e.into()))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(credentials.auth_file_for(&registry).as_bytes())
+        .and_then(|()| file.rewind())
+        .map_err(|e| OciError::io("writing the in-memory auth file", e))?;
+    Ok(file)
 }
 
 /// Reads what the pumping task sends; `Err` messages end the stream with that error.

@@ -89,6 +89,8 @@ pub struct FetchOptions {
     pub insecure: bool,
     /// Path to a container auth file (`--authfile`).
     pub authfile: Option<PathBuf>,
+    /// Registry credentials given outright (`--creds`); they win over any auth file.
+    pub credentials: Option<crate::registry::config::Credentials>,
     /// Which way to fetch.
     pub fetcher: Fetcher,
 }

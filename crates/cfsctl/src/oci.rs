@@ -34,6 +34,9 @@ pub enum OciCommand {
         /// Container auth file for the registry.
         #[arg(long, value_name = "PATH")]
         authfile: Option<PathBuf>,
+        /// Credentials for the registry, USER:PASSWORD (instead of any auth file).
+        #[arg(long, value_name = "USER:PASSWORD", conflicts_with = "authfile")]
+        creds: Option<cfs_oci::registry::config::Credentials>,
         /// Layers fetched at once.
         #[arg(long, short = 'j', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
         jobs: u32,
@@ -132,6 +135,7 @@ pub fn run(cmd: &OciCommand, open: &dyn Fn() -> Result<Repository>) -> Result<Ex
             name,
             tls_verify,
             authfile,
+            creds,
             jobs,
             fetcher,
         } => {
@@ -144,6 +148,7 @@ pub fn run(cmd: &OciCommand, open: &dyn Fn() -> Result<Repository>) -> Result<Ex
             let fetch = FetchOptions {
                 insecure: !tls_verify,
                 authfile: authfile.clone(),
+                credentials: creds.clone(),
                 fetcher: *fetcher,
             };
             pull(&repo, image, name.as_deref(), &fetch, *jobs)

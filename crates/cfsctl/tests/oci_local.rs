@@ -440,6 +440,54 @@ fn oci_pull_from_a_registry_with_a_password() {
         assert_eq!(field(&direct, key), field(&via_skopeo, key), "{key}");
     }
 
+    // The same with --creds, directly and through skopeo (an in-memory auth file).
+    for fetcher in ["--fetcher=auto", "--fetcher=skopeo"] {
+        let repo_creds = init(&dir.path().join(&fetcher[10..]), "sha512");
+        let out = ok(
+            &repo_creds,
+            &[
+                "oci",
+                "pull",
+                "--tls-verify=false",
+                fetcher,
+                "--creds",
+                "cfs:cfs-secret",
+                &remote,
+                "x",
+            ],
+        );
+        assert_eq!(
+            field(&out, "manifest"),
+            field(&direct, "manifest"),
+            "{fetcher}"
+        );
+    }
+    let err = fails(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            "--tls-verify=false",
+            "--creds",
+            "cfs",
+            &remote,
+        ],
+    );
+    assert!(err.contains("USER:PASSWORD"), "{err}");
+    let err = fails(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            "--tls-verify=false",
+            "--creds",
+            "cfs:nope",
+            &remote,
+            "z",
+        ],
+    );
+    assert!(err.contains("401"), "{err}");
+
     // A wrong password: refused, with the registry's own word for it.
     auth_file(&auth, registry.port(), "cfs:wrong");
     let err = fails(

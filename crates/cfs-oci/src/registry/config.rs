@@ -27,6 +27,30 @@ pub struct Credentials {
     pub password: String,
 }
 
+impl std::str::FromStr for Credentials {
+    type Err = String;
+
+    /// `USER:PASSWORD`, as `--creds` takes them.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            Some((user, password)) if !user.is_empty() => Ok(Credentials {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            }),
+            _ => Err("credentials are written USER:PASSWORD".into()),
+        }
+    }
+}
+
+impl Credentials {
+    /// An auth file (containers' `auth.json`) holding these credentials for `registry`.
+    pub fn auth_file_for(&self, registry: &str) -> String {
+        let pair = format!("{}:{}", self.user, self.password);
+        let auth = base64::engine::general_purpose::STANDARD.encode(pair);
+        serde_json::json!({ "auths": { registry: { "auth": auth } } }).to_string()
+    }
+}
+
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
@@ -440,6 +464,21 @@ mod tests {
 
     fn b64(text: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(text)
+    }
+
+    #[test]
+    fn given_credentials_parse_and_make_an_auth_file() {
+        let c: Credentials = "me:se:cret".parse().expect("creds");
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("me", "se:cret"));
+        assert!(!format!("{c:?}").contains("se:cret"));
+        assert!("nocolon".parse::<Credentials>().is_err());
+        assert!(":pw".parse::<Credentials>().is_err());
+        let root = tempfile::tempdir().expect("tempdir");
+        let file = root.path().join("auth.json");
+        write(&file, &c.auth_file_for("127.0.0.1:5000"));
+        let env = Environment::fake(&[], root.path(), 1000);
+        let r = reference("docker://127.0.0.1:5000/a:1");
+        assert_eq!(credentials(&env, &r, Some(&file)), Ok(Some(c)));
     }
 
     #[test]

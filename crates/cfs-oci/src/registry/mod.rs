@@ -76,9 +76,12 @@ impl RegistrySource {
         if let Some(why) = config::needs_skopeo(env, &reference) {
             return Ok(Opened::NeedsSkopeo(why));
         }
-        let credentials = match config::credentials(env, &reference, opts.authfile.as_deref()) {
-            Ok(c) => c,
-            Err(why) => return Ok(Opened::NeedsSkopeo(why)),
+        let credentials = match &opts.credentials {
+            Some(given) => Some(given.clone()),
+            None => match config::credentials(env, &reference, opts.authfile.as_deref()) {
+                Ok(c) => c,
+                Err(why) => return Ok(Opened::NeedsSkopeo(why)),
+            },
         };
         let mut client = Client::new(reference, credentials, opts.insecure);
         if opts.insecure {
@@ -458,7 +461,7 @@ impl Client {
                     None => return Err(self.registry_error(
                         what,
                         "the registry asks for a user name and password; log in (podman login, \
-                         docker login) or pass --authfile",
+                         docker login), or pass --authfile or --creds",
                     )),
                 },
                 "bearer" => self.token(challenge, what)?,
