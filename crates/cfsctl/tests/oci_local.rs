@@ -18,8 +18,8 @@ use std::time::Duration;
 use cfs_oci::testutil::{self, vector_layout, BadImage, Compress, Entry, Layer, Layout};
 use common::{describe_output, kernel_mount_unavailable, on_a_terminal, root_unavailable, skip};
 use oci_fixture::{
-    assert_fsck_clean, cfsctl, fails, field, init, missing_programs, objects, ok, skopeo, Registry,
-    TokenServer,
+    assert_fsck_clean, cfsctl, fails, field, init, layout_layer_digests, missing_programs, objects,
+    ok, skopeo, Registry, TokenServer,
 };
 
 #[test]
@@ -346,6 +346,81 @@ fn oci_pull_from_a_registry() {
     // TLS verification is on by default: a plain-HTTP registry is refused.
     fails(&repo, &["oci", "pull", &remote, "strict"]);
     assert_fsck_clean(&repo);
+    drop(registry);
+}
+
+#[test]
+fn oci_registry_blobs_that_are_corrupt_or_missing_fail_cleanly() {
+    if let Some(why) = missing_programs(&["skopeo", "docker-registry"]) {
+        skip("corrupt and missing blobs on a loopback registry", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layout, _) = vector_layout(dir.path(), Compress::Gzip(1));
+    let registry = Registry::start(&dir.path().join("registry"));
+    let remote = registry.push(&layout.dir, "t", "cfs/vector");
+    let layer = layout_layer_digests(&layout.dir, "t")
+        .pop()
+        .expect("a layer");
+    let data = registry.blob_data(&layer);
+    let original = std::fs::read(&data).unwrap_or_else(|e| panic!("{data:?}: {e}"));
+    // `names`: what the error must mention (the blob, or any layer); `why`: one of these reasons.
+    let pull_fails = |label: &str, names: &str, why: &[&str]| {
+        for fetcher in ["auto", "skopeo"] {
+            let repo = init(&dir.path().join(format!("{label}-{fetcher}")), "sha256");
+            let err = fails(
+                &repo,
+                &[
+                    "oci",
+                    "pull",
+                    "--tls-verify=false",
+                    &format!("--fetcher={fetcher}"),
+                    &remote,
+                    "x",
+                ],
+            );
+            assert!(
+                err.contains(names) && why.iter().any(|w| err.contains(w)),
+                "{label}, {fetcher}: {err}"
+            );
+            let images = ok(&repo, &["oci", "images"]);
+            assert!(!images.lines().any(|l| l.starts_with('x')), "{images}");
+            assert_fsck_clean(&repo);
+        }
+    };
+    // One byte of the gzip header's timestamp changed: the tar inside is the same, so only the
+    // blob's digest check can refuse it.
+    let mut retimed = original.clone();
+    retimed[4] ^= 0xff;
+    std::fs::write(&data, &retimed).expect("change the blob");
+    pull_fails(
+        "retimed",
+        &layer[7..],
+        &["does not match its digest", "corrupted blob"],
+    );
+    // One byte in the middle changed: the registry serves it, decompression or the digest check
+    // refuses it.
+    let mut corrupt = original.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] ^= 0xff;
+    std::fs::write(&data, &corrupt).expect("corrupt the blob");
+    pull_fails(
+        "corrupt",
+        "layer sha256:",
+        &["checksum", "corrupt", "digest", "Digest"],
+    );
+    // Gone altogether.
+    std::fs::remove_file(&data).expect("remove the blob");
+    pull_fails(
+        "missing",
+        "layer sha256:",
+        &["missing", "unknown", "not found", "404", "500"],
+    );
+    // Back in place, the pull goes through.
+    std::fs::write(&data, &original).expect("restore the blob");
+    let repo = init(&dir.path().join("restored"), "sha256");
+    let out = ok(&repo, &["oci", "pull", "--tls-verify=false", &remote, "x"]);
+    assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
     drop(registry);
 }
 

@@ -162,6 +162,7 @@ pub struct Registry {
     child: ChildGuard,
     port: u16,
     log: PathBuf,
+    data: PathBuf,
 }
 
 impl Registry {
@@ -202,7 +203,12 @@ impl Registry {
                     .stdout(Stdio::null())
                     .stderr(log_file),
             );
-            let mut registry = Registry { child, port, log };
+            let mut registry = Registry {
+                child,
+                port,
+                log,
+                data: dir.join("data"),
+            };
             match registry.wait_until_ready() {
                 Ok(()) => return registry,
                 Err(why) => last_failure = why,
@@ -269,6 +275,16 @@ impl Registry {
         std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(unreadable: {e})"))
     }
 
+    /// Where the registry keeps the blob `digest` (`sha256:…`) it serves.
+    pub fn blob_data(&self, digest: &str) -> PathBuf {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        self.data
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
     /// The port it listens on (127.0.0.1).
     pub fn port(&self) -> u16 {
         self.port
@@ -318,6 +334,24 @@ pub fn remote_layer_media_types(remote: &str) -> Vec<String> {
 
 /// The config digest of the image tagged `tag` in the OCI layout at `dir`.
 pub fn layout_config_digest(dir: &Path, tag: &str) -> String {
+    layout_manifest(dir, tag)["config"]["digest"]
+        .as_str()
+        .expect("manifest config digest")
+        .to_owned()
+}
+
+/// The layer blob digests of the manifest tagged `tag` in the OCI layout `dir`, base first.
+pub fn layout_layer_digests(dir: &Path, tag: &str) -> Vec<String> {
+    layout_manifest(dir, tag)["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| l["digest"].as_str().expect("layer digest").to_owned())
+        .collect()
+}
+
+/// The manifest tagged `tag` in the OCI layout `dir`.
+fn layout_manifest(dir: &Path, tag: &str) -> serde_json::Value {
     let read_json = |p: PathBuf| -> serde_json::Value {
         let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("read {p:?}: {e}"));
         serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("parse {p:?}: {e}"))
@@ -331,15 +365,8 @@ pub fn layout_config_digest(dir: &Path, tag: &str) -> String {
         .and_then(|m| m["digest"].as_str())
         .unwrap_or_else(|| panic!("no tag {tag:?} in {dir:?}/index.json: {index}"))
         .to_owned();
-    let blob = |digest: &str| {
-        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
-        dir.join("blobs/sha256").join(hex)
-    };
-    let manifest = read_json(blob(&manifest));
-    manifest["config"]["digest"]
-        .as_str()
-        .expect("manifest config digest")
-        .to_owned()
+    let hex = manifest.strip_prefix("sha256:").expect("a sha256 digest");
+    read_json(dir.join("blobs/sha256").join(hex))
 }
 
 /// Copy `remote` (`docker://…` on a plain-HTTP registry) into a fresh layout under `work` and
