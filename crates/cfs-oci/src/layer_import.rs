@@ -112,20 +112,24 @@ struct Shared {
     /// What waits for the next batch of digests, in stream order (empty: nothing waits, and
     /// inline bytes go straight to the writer).
     pending: Vec<Pending>,
-    /// Bodies in `pending`, and their bytes.
+    /// Bodies in `pending`.
     pending_bodies: usize,
+    /// Bytes in `pending`, bodies and inline bytes.
+    pending_bytes: usize,
     /// The stream's name, for errors.
     stream: String,
-    pending_bytes: usize,
 }
 
 impl Shared {
     fn inline(&mut self, data: &[u8]) {
         match self.pending.last_mut() {
-            None => self.writer.write_inline(data),
+            None => return self.writer.write_inline(data),
             Some(Pending::Inline(buf)) => buf.extend_from_slice(data),
             Some(Pending::Body(_)) => self.pending.push(Pending::Inline(data.to_vec())),
         }
+        // Waiting inline bytes count towards the batch too: a body followed by many small
+        // entries must not hold them all.
+        self.pending_bytes += data.len();
     }
 
     /// Hash the waiting bodies together, queue them as objects, and write the waiting stream
@@ -503,14 +507,14 @@ fn split_tar(
                             },
                         });
                     }
-                    let full = {
-                        let s = shared.borrow();
-                        s.pending_bodies >= BATCH_FILES || s.pending_bytes >= BATCH_BYTES
-                    };
-                    if full {
-                        shared.borrow_mut().flush(objects)?;
-                    }
                 }
+            }
+            let full = {
+                let s = shared.borrow();
+                s.pending_bodies >= BATCH_FILES || s.pending_bytes >= BATCH_BYTES
+            };
+            if full {
+                shared.borrow_mut().flush(objects)?;
             }
             last = Some(name);
         }

@@ -120,8 +120,8 @@ impl Drop for SkopeoSource {
     }
 }
 
-/// `--creds` for skopeo: an auth file in memory (a memfd, never on disk) naming the reference's
-/// registry.
+/// `--creds` for skopeo: an auth file naming the reference's registry, handed to the proxy
+/// crate as a memfd (which copies it into an unnamed temporary file for skopeo to read).
 fn credentials_file(
     reference: &str,
     credentials: &crate::registry::config::Credentials,
@@ -129,10 +129,10 @@ fn credentials_file(
     use std::io::{Seek, Write};
     let registry = match crate::registry::reference::DockerReference::parse(reference) {
         Ok(r) => r.registry,
-        Err(_) => {
+        Err(e) => {
             return Err(OciError::InvalidReference {
                 reference: reference.to_owned(),
-                reason: "credentials are for docker:// references".into(),
+                reason: format!("cannot tell which registry the credentials are for: {e}"),
             })
         }
     };

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use cfs_format::dumpfile::{write_entry_line, EntryLine};
 use cfs_format::tree::{mode, Mtime};
 use cfs_oci::entry::EntryKind;
@@ -36,7 +36,7 @@ pub enum OciCommand {
         authfile: Option<PathBuf>,
         /// Credentials for the registry, USER:PASSWORD (instead of any auth file).
         #[arg(long, value_name = "USER:PASSWORD", conflicts_with = "authfile")]
-        creds: Option<cfs_oci::registry::config::Credentials>,
+        creds: Option<String>,
         /// Layers fetched at once.
         #[arg(long, short = 'j', default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
         jobs: u32,
@@ -145,10 +145,22 @@ pub fn run(cmd: &OciCommand, open: &dyn Fn() -> Result<Repository>) -> Result<Ex
                 std::fs::metadata(file)
                     .with_context(|| format!("the auth file {}", file.display()))?;
             }
+            // Parsed here, not by clap, whose error would repeat the value (the password).
+            let credentials = match creds {
+                Some(text) => {
+                    if !image.starts_with("docker://") {
+                        bail!("--creds is for docker:// images");
+                    }
+                    Some(text.parse().map_err(|_| {
+                        anyhow!("--creds takes USER:PASSWORD (a password cannot be asked for)")
+                    })?)
+                }
+                None => None,
+            };
             let fetch = FetchOptions {
                 insecure: !tls_verify,
                 authfile: authfile.clone(),
-                credentials: creds.clone(),
+                credentials,
                 fetcher: *fetcher,
             };
             pull(&repo, image, name.as_deref(), &fetch, *jobs)

@@ -536,6 +536,15 @@ fn oci_pull_from_a_registry_with_a_password() {
             field(&direct, "manifest"),
             "{fetcher}"
         );
+        let expected_via = if fetcher.ends_with("auto") {
+            "registry"
+        } else {
+            "skopeo"
+        };
+        assert!(
+            field(&out, "via").starts_with(expected_via),
+            "{fetcher}: {out}"
+        );
     }
     let err = fails(
         &repo,
@@ -548,7 +557,20 @@ fn oci_pull_from_a_registry_with_a_password() {
             &remote,
         ],
     );
-    assert!(err.contains("USER:PASSWORD"), "{err}");
+    assert!(err.contains("a password cannot be asked for"), "{err}");
+    // The rejected value is not echoed.
+    let err = fails(
+        &repo,
+        &[
+            "oci",
+            "pull",
+            "--tls-verify=false",
+            "--creds",
+            "s3cr3t",
+            &remote,
+        ],
+    );
+    assert!(!err.contains("s3cr3t"), "{err}");
     let err = fails(
         &repo,
         &[

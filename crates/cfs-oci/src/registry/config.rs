@@ -153,7 +153,7 @@ pub fn needs_skopeo(env: &Environment, reference: &DockerReference) -> Option<St
     proxy_configured(env)
         .or_else(|| registries_configured(env))
         .or_else(|| certificates_configured(env, reference))
-        .or_else(|| policy_restricts(env))
+        .or_else(|| policy_restricts(env, reference))
 }
 
 fn proxy_configured(env: &Environment) -> Option<String> {
@@ -237,56 +237,93 @@ fn certificates_configured(env: &Environment, reference: &DockerReference) -> Op
         .map(|d| format!("{} holds certificates for the registry", d.display()))
 }
 
-/// The signature policy skopeo applies (`$XDG_CONFIG_HOME/containers/policy.json` or
-/// `~/.config/…`, else `/etc/containers/policy.json`): anything but `insecureAcceptAnything`
-/// for the `docker` transport means signatures or a refusal, which are skopeo's to handle.
-fn policy_restricts(env: &Environment) -> Option<String> {
+/// The signature policy skopeo applies: `$HOME/.config/containers/policy.json`, else
+/// `/etc/containers/policy.json`. Every one of those that exists (and `$XDG_CONFIG_HOME`'s, to
+/// be safe) must let `reference` in with `insecureAcceptAnything` alone; signatures, refusals
+/// and anything this check does not understand are skopeo's to handle.
+fn policy_restricts(env: &Environment, reference: &DockerReference) -> Option<String> {
     let mut candidates: Vec<PathBuf> = env
         .config_homes()
         .into_iter()
         .map(|c| c.join("containers/policy.json"))
         .collect();
     candidates.push(env.system("/etc/containers/policy.json"));
-    let mut found = None;
+    let mut any = false;
     for file in candidates {
-        match read_small(&file) {
-            Ok(Some(text)) => {
-                found = Some((file, text));
-                break;
-            }
+        let text = match read_small(&file) {
+            Ok(Some(text)) => text,
             Ok(None) => continue,
             Err(why) => return Some(why),
+        };
+        any = true;
+        if let Err(why) = policy_accepts(&text, reference) {
+            return Some(format!("{}: {why}", file.display()));
         }
     }
-    let Some((file, text)) = found else {
-        return Some("there is no containers policy.json".into());
+    (!any).then(|| "there is no containers policy.json".into())
+}
+
+/// Whether a policy's requirements for `reference` are exactly `insecureAcceptAnything`;
+/// `Err(why)` otherwise, also for anything malformed (skopeo refuses a malformed policy).
+fn policy_accepts(text: &str, reference: &DockerReference) -> Result<(), String> {
+    use serde_json::Value;
+    let policy: Value = serde_json::from_str(text).map_err(|e| format!("cannot parse it: {e}"))?;
+    let top = policy.as_object().ok_or("not a JSON object")?;
+    if let Some(key) = top.keys().find(|k| *k != "default" && *k != "transports") {
+        return Err(format!("unknown key {key:?}"));
+    }
+    let scopes = match top.get("transports") {
+        None => None,
+        Some(transports) => {
+            let transports = transports
+                .as_object()
+                .ok_or("\"transports\" is not an object")?;
+            if transports.values().any(|t| !t.is_object()) {
+                return Err("a transport's scopes are not an object".into());
+            }
+            transports.get("docker").and_then(Value::as_object)
+        }
     };
-    let policy: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(e) => return Some(format!("cannot parse {}: {e}", file.display())),
-    };
-    let accepts_anything = |requirements: &serde_json::Value| {
-        requirements.as_array().is_some_and(|list| {
-            !list.is_empty()
-                && list.iter().all(|r| {
-                    r.get("type").and_then(|t| t.as_str()) == Some("insecureAcceptAnything")
-                })
+    // containers/image's order: the reference with its tag or digest, the repository, each
+    // parent namespace, the host, wildcards for the host's parent domains, the transport's
+    // default scope, the global default.
+    let mut names = vec![reference.to_string()];
+    let mut path = format!("{}/{}", reference.registry, reference.repository);
+    loop {
+        names.push(path.clone());
+        match path.rfind('/') {
+            Some(i) => path.truncate(i),
+            None => break,
+        }
+    }
+    let host = reference
+        .registry
+        .split(':')
+        .next()
+        .unwrap_or(&reference.registry);
+    let mut domain = host;
+    while let Some((_, parent)) = domain.split_once('.') {
+        names.push(format!("*.{parent}"));
+        domain = parent;
+    }
+    let requirements = names
+        .iter()
+        .find_map(|n| scopes.and_then(|s| s.get(n.as_str())))
+        .or_else(|| scopes.and_then(|s| s.get("")))
+        .or_else(|| top.get("default"))
+        .ok_or("no requirements apply (no \"default\")")?;
+    let list = requirements
+        .as_array()
+        .ok_or("requirements are not a list")?;
+    let plain_accept = |r: &Value| {
+        r.as_object().is_some_and(|o| {
+            o.len() == 1 && o.get("type").and_then(Value::as_str) == Some("insecureAcceptAnything")
         })
     };
-    let docker = policy.get("transports").and_then(|t| t.get("docker"));
-    let scopes = docker.and_then(|d| d.as_object());
-    // The docker transport's own default (scope "") replaces the global one.
-    let base = scopes
-        .and_then(|s| s.get(""))
-        .or_else(|| policy.get("default"));
-    let every_scope_accepts = scopes.is_none_or(|s| s.values().all(accepts_anything));
-    if base.is_some_and(accepts_anything) && every_scope_accepts {
-        None
+    if !list.is_empty() && list.iter().all(plain_accept) {
+        Ok(())
     } else {
-        Some(format!(
-            "{} asks for more than insecureAcceptAnything for docker images",
-            file.display()
-        ))
+        Err("it asks for more than insecureAcceptAnything for this image".into())
     }
 }
 
@@ -556,17 +593,40 @@ mod tests {
         std::fs::remove_file(root.path().join("etc/containers/registries.conf")).expect("rm");
         assert_eq!(needs_skopeo(&env, &r), None);
 
-        // Signatures or refusals, for any docker scope, and a user policy that replaces the
-        // system one.
+        // Signatures or refusals for the scope that applies to quay.io/a/b:1, and anything
+        // malformed, go to skopeo.
+        let signed = r#"[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/k"}]"#;
         for text in [
-            r#"{"default":[{"type":"reject"}]}"#,
-            r#"{"default":[{"type":"insecureAcceptAnything"}],"transports":{"docker":
-                {"quay.io/a":[{"type":"signedBy","keyType":"GPGKeys","keyPath":"/k"}]}}}"#,
-            r#"{"default":[{"type":"insecureAcceptAnything"}],"transports":{"docker":{"":[]}}}"#,
-            "{",
+            r#"{"default":[{"type":"reject"}]}"#.to_owned(),
+            format!(
+                r#"{{"default":[{{"type":"insecureAcceptAnything"}}],"transports":{{"docker":{{"quay.io/a":{signed}}}}}}}"#
+            ),
+            format!(
+                r#"{{"default":[{{"type":"insecureAcceptAnything"}}],"transports":{{"docker":{{"quay.io/a/b:1":{signed}}}}}}}"#
+            ),
+            format!(
+                r#"{{"default":[{{"type":"insecureAcceptAnything"}}],"transports":{{"docker":{{"*.io":{signed}}}}}}}"#
+            ),
+            r#"{"default":[{"type":"insecureAcceptAnything"}],"transports":{"docker":{"":[]}}}"#
+                .to_owned(),
+            r#"{"default":[{"type":"insecureAcceptAnything"}],"transports":{"docker":[]}}"#
+                .to_owned(),
+            r#"{"default":[{"type":"insecureAcceptAnything","x":1}]}"#.to_owned(),
+            r#"{"default":[{"type":"insecureAcceptAnything"}],"extra":true}"#.to_owned(),
+            r#"{"transports":{}}"#.to_owned(),
+            "{".to_owned(),
         ] {
-            write(&policy, text);
+            write(&policy, &text);
             assert!(needs_skopeo(&env, &r).is_some(), "{text}");
+        }
+        // Another registry's signature requirement (as on Fedora and RHEL) does not concern this
+        // image; a more specific scope that accepts wins over a stricter default.
+        for text in [
+            format!(r#"{{"default":[{{"type":"insecureAcceptAnything"}}],"transports":{{"docker":{{"registry.redhat.io":{signed},"quay.io/a/b/c":{signed}}}}}}}"#),
+            r#"{"default":[{"type":"reject"}],"transports":{"docker":{"quay.io":[{"type":"insecureAcceptAnything"}]}}}"#.to_owned(),
+        ] {
+            write(&policy, &text);
+            assert_eq!(needs_skopeo(&env, &r), None, "{text}");
         }
         write(
             &policy,

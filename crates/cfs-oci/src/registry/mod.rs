@@ -109,12 +109,12 @@ impl RegistrySource {
                 media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST => {
                     let what = format!("image index {}", fetched.digest);
                     let index = Index::parse(&what, &fetched.bytes)?;
-                    let entry = match pick_from_index(&index, crate::model::host_architecture()) {
-                        Ok(entry) => entry,
-                        Err(IndexChoice::NoneForUs(reason)) => {
-                            return Err(OciError::Invalid { what, reason })
-                        }
-                        Err(IndexChoice::NeedsRanking(why)) => return Ok(Opened::NeedsSkopeo(why)),
+                    let arch = crate::model::host_architecture();
+                    let Some(entry) = pick_from_index(&index, arch) else {
+                        return Ok(Opened::NeedsSkopeo(format!(
+                            "{what} has no single plain entry for linux/{arch} (skopeo ranks \
+                             variants and normalises architecture names)"
+                        )));
                     };
                     target = entry.digest.to_string();
                     expected = Some(entry.digest.clone());
@@ -176,19 +176,11 @@ impl ImageSource for RegistrySource {
     }
 }
 
-/// Why an index entry could not be picked.
-#[derive(Debug, PartialEq, Eq)]
-enum IndexChoice {
-    /// Nothing for this platform: an error whichever way the image is fetched.
-    NoneForUs(String),
-    /// skopeo would have to choose (several candidates, variants, entries without a platform).
-    NeedsRanking(String),
-}
-
 /// The index entry for linux/`arch`, when there is exactly one plain candidate. skopeo ranks
-/// variants and compression annotations and accepts entries without a platform; only a single
-/// plain entry is sure to resolve the same way here.
-fn pick_from_index<'i>(index: &'i Index, arch: &str) -> Result<&'i Descriptor, IndexChoice> {
+/// variants and compression annotations, accepts entries without a platform and normalises
+/// architecture names (`x86_64`); only a single plain entry is sure to resolve the same way
+/// here. `None` leaves the choice (or the error) to skopeo.
+fn pick_from_index<'i>(index: &'i Index, arch: &str) -> Option<&'i Descriptor> {
     let candidates: Vec<&Descriptor> = index
         .manifests
         .iter()
@@ -199,13 +191,8 @@ fn pick_from_index<'i>(index: &'i Index, arch: &str) -> Result<&'i Descriptor, I
         })
         .collect();
     match candidates.as_slice() {
-        [one] if one.platform.as_ref().is_some_and(|p| p.variant.is_none()) => Ok(*one),
-        [] => Err(IndexChoice::NoneForUs(format!(
-            "no manifest for linux/{arch}"
-        ))),
-        _ => Err(IndexChoice::NeedsRanking(format!(
-            "the image index leaves skopeo to choose among its linux/{arch} manifests"
-        ))),
+        [one] if one.platform.as_ref().is_some_and(|p| p.variant.is_none()) => Some(*one),
+        _ => None,
     }
 }
 
@@ -565,21 +552,27 @@ impl Client {
     /// speaks it, else plain HTTP. Decided by pinging `/v2/` (any HTTP answer will do) before
     /// anything, credentials included, is sent.
     fn choose_scheme(&mut self) -> Result<(), OciError> {
-        let ping = |base: &str| self.agent.get(&format!("{base}/v2/")).call().map(drop);
-        let Err(tls_error) = ping(&self.base) else {
-            return Ok(());
+        let ping = |base: &str| self.agent.get(&format!("{base}/v2/")).call();
+        let tls_error = match ping(&self.base) {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
         };
+        // Plain HTTP only if a registry answers there (200, or 401 asking for credentials), as
+        // containers/image decides; an HTTPS server's "400, plain HTTP to an HTTPS port" must
+        // not hide the TLS error.
         let http = format!("http://{}", self.reference.api_host());
-        match ping(&http) {
-            Ok(()) => {
+        let why = match ping(&http) {
+            Ok(r) if r.status() == StatusCode::OK || r.status() == StatusCode::UNAUTHORIZED => {
                 self.base = http;
-                Ok(())
+                return Ok(());
             }
-            Err(http_error) => Err(self.registry_error(
-                "reaching /v2/",
-                format!("over HTTPS: {tls_error}; over HTTP: {http_error}"),
-            )),
-        }
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        Err(self.registry_error(
+            "reaching /v2/",
+            format!("over HTTPS: {tls_error}; over HTTP: {why}"),
+        ))
     }
 
     /// Fetch a manifest by tag or digest (checking it against `expected`).
@@ -691,25 +684,19 @@ mod tests {
         let two = index(&format!("{},{}", entry(D1, amd64), entry(D2, arm64)));
         assert_eq!(
             pick_from_index(&two, "amd64").map(|d| d.digest.to_string()),
-            Ok(D1.to_owned())
+            Some(D1.to_owned())
         );
         assert_eq!(
             pick_from_index(&two, "arm64").map(|d| d.digest.to_string()),
-            Ok(D2.to_owned())
+            Some(D2.to_owned())
         );
-        assert!(matches!(
-            pick_from_index(&two, "s390x"),
-            Err(IndexChoice::NoneForUs(_))
-        ));
+        assert_eq!(pick_from_index(&two, "s390x"), None);
         for ambiguous in [
             index(&format!("{},{}", entry(D1, amd64), entry(D2, v3))),
             index(&format!("{},{}", entry(D1, amd64), entry(D2, ""))),
             index(&entry(D1, v3)),
         ] {
-            assert!(matches!(
-                pick_from_index(&ambiguous, "amd64"),
-                Err(IndexChoice::NeedsRanking(_))
-            ));
+            assert_eq!(pick_from_index(&ambiguous, "amd64"), None);
         }
     }
 

@@ -60,8 +60,9 @@ pub const CFSCTL_TIMEOUT: Duration = Duration::from_secs(300);
 pub fn cfsctl(repo: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cfsctl"));
     cmd.arg("--repo").arg(repo).args(args);
-    // The registries are on loopback; a proxy from the environment would only send the pull
-    // through skopeo (and the tests check which way it came).
+    // The tests check which way a pull came, so the caller's own containers configuration
+    // (proxies, policy, registries.conf, auth files) must not change it: the registries are on
+    // loopback, and HOME is an empty directory, which leaves the machine's /etc/containers.
     for var in [
         "http_proxy",
         "https_proxy",
@@ -69,11 +70,27 @@ pub fn cfsctl(repo: &Path, args: &[&str]) -> Output {
         "HTTP_PROXY",
         "HTTPS_PROXY",
         "ALL_PROXY",
+        "XDG_CONFIG_HOME",
+        "XDG_RUNTIME_DIR",
+        "REGISTRY_AUTH_FILE",
+        "DOCKER_CONFIG",
+        "CONTAINERS_REGISTRIES_CONF",
     ] {
         cmd.env_remove(var);
     }
+    cmd.env("HOME", empty_home());
     run_with_timeout(&mut cmd, CFSCTL_TIMEOUT)
         .unwrap_or_else(|e| panic!("running cfsctl {args:?}: {e}"))
+}
+
+/// An empty directory (shared, never written) to serve as `HOME` for cfsctl and what it runs.
+fn empty_home() -> &'static Path {
+    static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let dir = std::env::temp_dir().join("cfs-test-empty-home");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {dir:?}: {e}"));
+        dir
+    })
 }
 
 /// [`cfsctl`], which must succeed; returns its stdout.
