@@ -269,7 +269,7 @@ struct Challenge {
 }
 
 impl Challenge {
-    /// Parse `Scheme key="value", key=value, …` (the first challenge only).
+    /// Parse `Scheme key="value", key=value, …` (one challenge: a registry that offers several sends one header each).
     fn parse(header: &str) -> Option<Challenge> {
         let header = header.trim();
         let (scheme, mut rest) = header.split_once(' ').unwrap_or((header, ""));
@@ -313,6 +313,17 @@ impl Challenge {
             scheme: scheme.to_ascii_lowercase(),
             params,
         })
+    }
+
+    /// The challenge to answer when a registry sends several (one per header, as
+    /// containers/image reads them): the first whose scheme we speak, else the first, so the
+    /// error names what was asked for.
+    fn pick(challenges: Vec<Challenge>) -> Option<Challenge> {
+        let supported = challenges
+            .iter()
+            .position(|c| matches!(c.scheme.as_str(), "basic" | "bearer"))
+            .unwrap_or(0);
+        challenges.into_iter().nth(supported)
     }
 
     fn param(&self, key: &str) -> Option<&str> {
@@ -427,12 +438,14 @@ impl Client {
             if answered_by.as_deref() != Some(self.reference.api_host()) {
                 return Err(self.refusal(what, response));
             }
-            let challenge = response
+            let challenges: Vec<Challenge> = response
                 .headers()
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .and_then(Challenge::parse);
-            let Some(challenge) = challenge else {
+                .get_all("www-authenticate")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .filter_map(Challenge::parse)
+                .collect();
+            let Some(challenge) = Challenge::pick(challenges) else {
                 return Err(self.refusal(what, response));
             };
             self.authenticate(&challenge, what)?;
@@ -659,6 +672,26 @@ mod tests {
         assert_eq!(Challenge::parse(""), None);
         assert_eq!(Challenge::parse(r#"Bearer realm="unterminated"#), None);
         assert_eq!(Challenge::parse("Bearer realm"), None);
+    }
+
+    #[test]
+    fn the_first_spoken_challenge_is_answered() {
+        let parse = |headers: &[&str]| {
+            Challenge::pick(
+                headers
+                    .iter()
+                    .copied()
+                    .filter_map(Challenge::parse)
+                    .collect(),
+            )
+            .map(|c| c.scheme)
+        };
+        assert_eq!(
+            parse(&["Negotiate", r#"Bearer realm="https://r/token""#, "Basic"]),
+            Some("bearer".to_owned())
+        );
+        assert_eq!(parse(&["Negotiate", "NTLM"]), Some("negotiate".to_owned()));
+        assert_eq!(parse(&[]), None);
     }
 
     #[test]
