@@ -287,6 +287,24 @@ impl ImageSource for SkopeoSource {
         Ok((digest, bytes))
     }
 
+    /// skopeo hands Docker schema 2 images (from registries and `docker-archive:`) out as OCI,
+    /// and that conversion serialises the config anew: the manifest then names a config that
+    /// exists only inside skopeo, which `GetBlob` cannot find but `GetFullConfig` returns. For
+    /// an image that was OCI already, `GetFullConfig` may differ from the stored blob, so the
+    /// digest decides, and the blob itself is the fallback.
+    fn read_config(&self, desc: &Descriptor) -> Result<Vec<u8>, OciError> {
+        let (runtime, opened) = self.parts()?;
+        let opened = Arc::clone(opened);
+        let converted =
+            runtime.block_on(async move { opened.proxy.fetch_config_raw(&opened.image).await });
+        match converted {
+            Ok(bytes) if bytes.len() as u64 == desc.size && desc.digest.matches(&bytes) => {
+                Ok(bytes)
+            }
+            _ => self.read_blob("config", desc),
+        }
+    }
+
     fn open_blob<'a>(
         &'a self,
         what: &str,

@@ -194,7 +194,7 @@ pub fn pull(
     };
     let config_bytes = match stored_config {
         Some(b) => b,
-        None => source.read_blob("config", &manifest.config)?,
+        None => source.read_config(&manifest.config)?,
     };
     let config = ImageConfig::parse(
         &format!("config {config_digest}"),

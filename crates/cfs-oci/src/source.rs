@@ -36,6 +36,11 @@ pub trait ImageSource: Sync {
         desc: &Descriptor,
     ) -> Result<Box<dyn Read + Send + 'a>, OciError>;
 
+    /// The image config that `desc` (the manifest's config descriptor) names, verified.
+    fn read_config(&self, desc: &Descriptor) -> Result<Vec<u8>, OciError> {
+        self.read_blob("config", desc)
+    }
+
     /// Read a small blob (a config) whole, verified.
     fn read_blob(&self, what: &str, desc: &Descriptor) -> Result<Vec<u8>, OciError> {
         if desc.size > JSON_LIMIT {

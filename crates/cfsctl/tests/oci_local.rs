@@ -2,7 +2,7 @@
 //! vector pulled from real PAX tar layers gives composefs-rs's image ids, compressions agree,
 //! re-pulls fetch nothing, shared layers are stored once, bad layers fail cleanly, untag + gc
 //! collects exactly the unique objects, `oci layer` gives the tar back. With skopeo installed,
-//! the same image also goes through skopeo's image proxy (`oci-archive:`, `dir:`) and through
+//! the same image also goes through skopeo's image proxy (`oci-archive:`, `dir:`, `docker-archive:`, Docker schema 2 from a registry) and through
 //! a real registry (`docker-registry` on loopback, `docker://`). With root, the image is
 //! mounted (kernel and FUSE).
 
@@ -306,12 +306,21 @@ fn oci_pull_through_skopeo_transports() {
     let src = layout.reference("t");
     let archive = dir.path().join("image.tar");
     let dirdest = dir.path().join("dirimage");
+    let docker_archive = dir.path().join("docker.tar");
     skopeo(&["copy", &src, &format!("oci-archive:{}", archive.display())]);
     skopeo(&["copy", &src, &format!("dir:{}", dirdest.display())]);
+    // A Docker archive holds a Docker schema 2 image with uncompressed layers; skopeo hands it
+    // out as OCI, with a config that exists only in its conversion.
+    skopeo(&[
+        "copy",
+        &src,
+        &format!("docker-archive:{}:cfs/vector:t", docker_archive.display()),
+    ]);
     let repo = init(dir.path(), "sha256");
     for image in [
         format!("oci-archive:{}", archive.display()),
         format!("dir:{}", dirdest.display()),
+        format!("docker-archive:{}", docker_archive.display()),
         src.clone(),
     ] {
         let out = ok(&repo, &["oci", "pull", &image, "x"]);
@@ -345,6 +354,32 @@ fn oci_pull_from_a_registry() {
     assert_eq!(field(&local, "verity"), testutil::VECTOR_ID_SHA256);
     // TLS verification is on by default: a plain-HTTP registry is refused.
     fails(&repo, &["oci", "pull", &remote, "strict"]);
+    // A Docker schema 2 image (most of Docker Hub) goes through skopeo, which converts it to
+    // OCI. Docker images have no zstd, so its layers are gzip: other blobs, the same diff_ids,
+    // so nothing is fetched again and the id is the same.
+    let gz_dir = dir.path().join("gzip");
+    std::fs::create_dir_all(&gz_dir).expect("mkdir");
+    let (gzip_layout, _) = vector_layout(&gz_dir, Compress::Gzip(1));
+    let docker = registry.reference("cfs/vector-docker", "t");
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--format=v2s2",
+        &gzip_layout.reference("t"),
+        &docker,
+    ]);
+    let out = ok(
+        &repo,
+        &["oci", "pull", "--tls-verify=false", &docker, "docker"],
+    );
+    assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
+    assert!(out.contains("Docker schema 2"), "{out}");
+    assert!(out.contains("(0 fetched, 2 already present)"), "{out}");
+    let fresh = init(&dir.path().join("docker"), "sha256");
+    let out = ok(&fresh, &["oci", "pull", "--tls-verify=false", &docker]);
+    assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
+    assert_fsck_clean(&fresh);
     assert_fsck_clean(&repo);
     drop(registry);
 }
