@@ -2,7 +2,7 @@
 # Install the system packages the build, the tests and the demo use (Debian bookworm).
 # Safe to re-run: it installs only what is missing.
 set -euo pipefail
-packages=(erofs-utils fsverity attr fuse3 squashfs-tools squashfuse hyperfine time skopeo docker-registry umoci)
+packages=(erofs-utils fsverity attr fuse3 squashfs-tools squashfuse hyperfine time skopeo docker-registry umoci openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

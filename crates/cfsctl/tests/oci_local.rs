@@ -19,7 +19,7 @@ use cfs_oci::testutil::{self, vector_layout, BadImage, Compress, Entry, Layer, L
 use common::{describe_output, kernel_mount_unavailable, on_a_terminal, root_unavailable, skip};
 use oci_fixture::{
     assert_fsck_clean, cfsctl, fails, field, init, layout_layer_digests, missing_programs, objects,
-    ok, skopeo, Registry, TokenServer,
+    ok, ok_env, skopeo, Registry, TestCa, TokenServer,
 };
 
 #[test]
@@ -381,6 +381,46 @@ fn oci_pull_from_a_registry() {
     assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
     assert_fsck_clean(&fresh);
     assert_fsck_clean(&repo);
+    drop(registry);
+}
+
+/// A registry serving HTTPS with a certificate from a CA nobody trusts: refused with
+/// verification on (the default), pulled once the CA is trusted (`SSL_CERT_FILE`, which
+/// rustls's and Go's system trust stores both read), and pulled over unverified HTTPS, not
+/// plain HTTP, with `--tls-verify=false`; directly and through skopeo alike.
+#[test]
+fn oci_pull_from_an_https_registry() {
+    if let Some(why) = missing_programs(&["skopeo", "docker-registry", "openssl"]) {
+        skip("pull from a loopback registry over HTTPS", &why);
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (layout, _) = vector_layout(dir.path(), Compress::Gzip(1));
+    let ca = TestCa::new(&dir.path().join("ca"));
+    let registry = Registry::start_configured(&dir.path().join("registry"), &ca.registry_config());
+    let remote = registry.push(&layout.dir, "t", "cfs/vector");
+    let https = format!("via registry (https://127.0.0.1:{})", registry.port());
+    let trusted = [("SSL_CERT_FILE", ca.ca.as_path())];
+    for fetcher in ["auto", "skopeo"] {
+        let repo = init(&dir.path().join(fetcher), "sha256");
+        let fetch = format!("--fetcher={fetcher}");
+        let err = fails(&repo, &["oci", "pull", &fetch, &remote, "x"]);
+        assert!(
+            err.contains("127.0.0.1") && err.to_lowercase().contains("certificate"),
+            "{fetcher}: {err}"
+        );
+        assert_eq!(ok(&repo, &["oci", "images", "--json"]).trim(), "[]");
+        let out = ok_env(&repo, &["oci", "pull", &fetch, &remote, "x"], &trusted);
+        assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
+        assert_eq!(fetcher == "auto", out.contains(&https), "{fetcher}: {out}");
+        let out = ok(
+            &repo,
+            &["oci", "pull", &fetch, "--tls-verify=false", &remote, "y"],
+        );
+        assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
+        assert_eq!(fetcher == "auto", out.contains(&https), "{fetcher}: {out}");
+        assert_fsck_clean(&repo);
+    }
     drop(registry);
 }
 

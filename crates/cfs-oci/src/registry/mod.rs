@@ -261,6 +261,20 @@ fn query_value(text: &str) -> String {
     out
 }
 
+/// A failed request, described, with what to do about an untrusted certificate (rustls calls
+/// it an "invalid peer certificate", whatever the reason).
+fn call_failed(e: &ureq::Error) -> String {
+    let text = e.to_string();
+    if text.contains("invalid peer certificate") {
+        format!(
+            "{text} (the server's certificate is not trusted here: add its CA to the system's \
+             trust store or name it in SSL_CERT_FILE, or pass --tls-verify=false)"
+        )
+    } else {
+        text
+    }
+}
+
 /// A parsed `WWW-Authenticate` challenge: the scheme and its parameters.
 #[derive(Debug, PartialEq, Eq)]
 struct Challenge {
@@ -425,7 +439,7 @@ impl Client {
             }
             let response = request
                 .call()
-                .map_err(|e| self.registry_error(what, format!("{url}: {e}")))?;
+                .map_err(|e| self.registry_error(what, format!("{url}: {}", call_failed(&e))))?;
             if response.status() != StatusCode::UNAUTHORIZED || challenged {
                 return Ok(response);
             }
@@ -510,7 +524,7 @@ impl Client {
         let context = format!("{what}: getting a token from {realm}");
         let response = request
             .call()
-            .map_err(|e| self.registry_error(&context, e.to_string()))?;
+            .map_err(|e| self.registry_error(&context, call_failed(&e)))?;
         if response.status() != StatusCode::OK {
             return Err(self.refusal(&context, response));
         }
@@ -562,8 +576,8 @@ impl Client {
     }
 
     /// For an insecure registry, skopeo's rule: HTTPS without verification if the registry
-    /// speaks it, else plain HTTP. Decided by pinging `/v2/` (any HTTP answer will do) before
-    /// anything, credentials included, is sent.
+    /// speaks it, else plain HTTP. Decided by pinging `/v2/` (any HTTP answer over HTTPS; 200
+    /// or 401 over HTTP) before anything, credentials included, is sent.
     fn choose_scheme(&mut self) -> Result<(), OciError> {
         let ping = |base: &str| self.agent.get(&format!("{base}/v2/")).call();
         let tls_error = match ping(&self.base) {

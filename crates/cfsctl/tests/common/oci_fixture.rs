@@ -58,6 +58,11 @@ pub const CFSCTL_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// `cfsctl --repo REPO ARGS…` (time limit [`CFSCTL_TIMEOUT`]).
 pub fn cfsctl(repo: &Path, args: &[&str]) -> Output {
+    cfsctl_env(repo, args, &[])
+}
+
+/// [`cfsctl`] with the variables `env` set.
+pub fn cfsctl_env(repo: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cfsctl"));
     cmd.arg("--repo").arg(repo).args(args);
     // The tests check which way a pull came, so the caller's own containers configuration
@@ -75,10 +80,14 @@ pub fn cfsctl(repo: &Path, args: &[&str]) -> Output {
         "REGISTRY_AUTH_FILE",
         "DOCKER_CONFIG",
         "CONTAINERS_REGISTRIES_CONF",
+        // Extra trusted CAs, for cfsctl (rustls) and skopeo (Go) alike.
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
     ] {
         cmd.env_remove(var);
     }
     cmd.env("HOME", empty_home());
+    cmd.envs(env.iter().copied());
     run_with_timeout(&mut cmd, CFSCTL_TIMEOUT)
         .unwrap_or_else(|e| panic!("running cfsctl {args:?}: {e}"))
 }
@@ -95,7 +104,12 @@ fn empty_home() -> &'static Path {
 
 /// [`cfsctl`], which must succeed; returns its stdout.
 pub fn ok(repo: &Path, args: &[&str]) -> String {
-    let out = cfsctl(repo, args);
+    ok_env(repo, args, &[])
+}
+
+/// [`cfsctl_env`], which must succeed; returns its stdout.
+pub fn ok_env(repo: &Path, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let out = cfsctl_env(repo, args, env);
     assert!(
         out.status.success(),
         "cfsctl {args:?} failed\n{}",
@@ -106,7 +120,12 @@ pub fn ok(repo: &Path, args: &[&str]) -> String {
 
 /// [`cfsctl`], which must fail; returns its stderr.
 pub fn fails(repo: &Path, args: &[&str]) -> String {
-    let out = cfsctl(repo, args);
+    fails_env(repo, args, &[])
+}
+
+/// [`cfsctl_env`], which must fail; returns its stderr.
+pub fn fails_env(repo: &Path, args: &[&str], env: &[(&str, &Path)]) -> String {
+    let out = cfsctl_env(repo, args, env);
     assert!(
         !out.status.success(),
         "cfsctl {args:?} should fail\n{}",
@@ -285,7 +304,10 @@ impl Registry {
         ]
         .iter()
         .any(|s| reply.starts_with(s));
-        status_ok && reply.contains("docker-distribution-api-version: registry/2.0")
+        // A registry serving HTTPS answers plain HTTP with Go's own refusal.
+        let https = reply.starts_with("http/1.0 400")
+            && reply.contains("client sent an http request to an https server");
+        https || (status_ok && reply.contains("docker-distribution-api-version: registry/2.0"))
     }
 
     fn log_text(&self) -> String {
@@ -637,6 +659,92 @@ pub fn sibling_top_layer() -> LayerSpec {
             file("usr/share/big/.wh.blob3", 0o644, b""),
         ],
         compress: Compress::Zstd(1),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A certificate authority, for a registry serving HTTPS
+// ---------------------------------------------------------------------------------------------
+
+/// A throwaway certificate authority (made with the `openssl` program) and the server
+/// certificate it signed for 127.0.0.1.
+#[derive(Debug)]
+pub struct TestCa {
+    /// The CA's certificate (PEM): what a client must trust.
+    pub ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TestCa {
+    /// Make the CA and the server certificate under `dir`.
+    pub fn new(dir: &Path) -> TestCa {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {dir:?}: {e}"));
+        let ca = dir.join("ca.pem");
+        let ca_key = dir.join("ca-key.pem");
+        let cert = dir.join("server.pem");
+        let key = dir.join("server-key.pem");
+        let request = dir.join("server.csr");
+        let extensions = dir.join("server.ext");
+        let new_key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        run_ok(
+            Command::new("openssl")
+                .args(["req", "-x509", "-days", "2", "-subj", "/CN=cfs test CA"])
+                .args(new_key)
+                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+                .args(["-addext", "keyUsage=critical,keyCertSign"])
+                .arg("-keyout")
+                .arg(&ca_key)
+                .arg("-out")
+                .arg(&ca),
+            TOOL_TIMEOUT,
+        );
+        run_ok(
+            Command::new("openssl")
+                .args(["req", "-subj", "/CN=127.0.0.1"])
+                .args(new_key)
+                .arg("-keyout")
+                .arg(&key)
+                .arg("-out")
+                .arg(&request),
+            TOOL_TIMEOUT,
+        );
+        // A leaf for 127.0.0.1: rustls refuses a CA certificate as a server's own.
+        std::fs::write(
+            &extensions,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write the certificate extensions");
+        run_ok(
+            Command::new("openssl")
+                .args(["x509", "-req", "-days", "2", "-set_serial", "1", "-in"])
+                .arg(&request)
+                .arg("-CA")
+                .arg(&ca)
+                .arg("-CAkey")
+                .arg(&ca_key)
+                .arg("-extfile")
+                .arg(&extensions)
+                .arg("-out")
+                .arg(&cert),
+            TOOL_TIMEOUT,
+        );
+        TestCa { ca, cert, key }
+    }
+
+    /// The registry config section (under `http:`) that serves HTTPS with this certificate.
+    pub fn registry_config(&self) -> String {
+        format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            self.cert.display(),
+            self.key.display()
+        )
     }
 }
 
