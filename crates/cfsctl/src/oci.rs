@@ -408,9 +408,12 @@ fn images(repo: &Repository, json: bool) -> Result<ExitCode> {
             .collect();
         writeln!(out, "{}", serde_json::to_string_pretty(&items)?)?;
     } else {
+        // The name column fits the longest name (a pull without NAME is tagged with its whole
+        // reference), so the other columns stay aligned.
+        let width = list.iter().map(|t| t.tag.len()).max().unwrap_or(0).max(4);
         writeln!(
             out,
-            "{:<40} {:<19} {:<8} {:>6}  IMAGE",
+            "{:<width$} {:<19} {:<8} {:>6}  IMAGE",
             "NAME", "MANIFEST", "ARCH", "LAYERS"
         )?;
         for t in &list {
@@ -418,7 +421,7 @@ fn images(repo: &Repository, json: bool) -> Result<ExitCode> {
             match &t.image {
                 Ok(i) => writeln!(
                     out,
-                    "{tag:<40} {:<19} {:<8} {:>6}  {}",
+                    "{tag:<width$} {:<19} {:<8} {:>6}  {}",
                     short(&i.manifest_digest),
                     i.config.architecture.as_deref().unwrap_or("-"),
                     i.manifest.layers.len(),
@@ -426,7 +429,7 @@ fn images(repo: &Repository, json: bool) -> Result<ExitCode> {
                         .map(|d| d.to_hex()[..12].to_owned())
                         .unwrap_or_else(|| "-".into())
                 )?,
-                Err(e) => writeln!(out, "{tag:<40} error: {e}")?,
+                Err(e) => writeln!(out, "{tag:<width$} error: {e}")?,
             }
         }
     }
