@@ -147,7 +147,8 @@ pub enum OciError {
         /// What went wrong.
         reason: String,
     },
-    /// The image cannot be fetched the way that was asked for (`--fetcher=direct`).
+    /// The image cannot be fetched the way that was asked for (`--fetcher=direct`), or not
+    /// with the skopeo at hand.
     #[error("{reference}: {reason}")]
     FetcherUnavailable {
         /// The image reference.

@@ -43,6 +43,8 @@ pub struct SkopeoSource {
     /// `Some` until dropped (after `opened`: the runtime waits for skopeo to exit, which it
     /// does once the proxy's socket is closed).
     runtime: Option<tokio::runtime::Runtime>,
+    /// Added to blob errors: set when containers-storage could not say which blobs it serves.
+    blob_hint: std::sync::OnceLock<String>,
 }
 
 impl std::fmt::Debug for SkopeoSource {
@@ -91,6 +93,7 @@ impl SkopeoSource {
             why,
             opened: Some(Arc::new(opened)),
             runtime: Some(runtime),
+            blob_hint: std::sync::OnceLock::new(),
         })
     }
 
@@ -151,6 +154,8 @@ struct ChannelReader {
     buf: Vec<u8>,
     at: usize,
     done: bool,
+    /// Added to skopeo's errors.
+    hint: Option<String>,
 }
 
 impl Read for ChannelReader {
@@ -167,7 +172,10 @@ impl Read for ChannelReader {
                 }
                 Some(Err(e)) => {
                     self.done = true;
-                    return Err(e);
+                    return Err(match &self.hint {
+                        Some(hint) => io::Error::new(e.kind(), format!("{e}{hint}")),
+                        None => e,
+                    });
                 }
                 None => {
                     self.done = true;
@@ -287,6 +295,60 @@ impl ImageSource for SkopeoSource {
         Ok((digest, bytes))
     }
 
+    /// containers-storage keeps layers uncompressed, while the manifest it hands out may still
+    /// name the compressed blobs they came from, which it cannot serve: the blobs it can serve
+    /// come from `GetLayerInfo` (image proxy protocol 0.2.5 and later). Other transports
+    /// serve the manifest's own blobs.
+    fn layer_blobs(&self, layers: &[Descriptor]) -> Result<Vec<Descriptor>, OciError> {
+        if !self.reference.starts_with("containers-storage:") {
+            return Ok(layers.to_vec());
+        }
+        let (runtime, opened) = self.parts()?;
+        let version = opened.proxy.protocol_version().to_string();
+        let opened = Arc::clone(opened);
+        let infos = runtime
+            .block_on(async move { opened.proxy.get_layer_info(&opened.image).await })
+            .map_err(|e| OciError::proxy(format!("listing the layers of {}", self.reference), e))?;
+        let Some(infos) = infos else {
+            // An older skopeo: the manifest's blobs are all there is to ask for. An image built
+            // locally names its uncompressed layers and pulls; a pulled one may not.
+            let _ = self.blob_hint.set(format!(
+                " (containers-storage may keep this layer only uncompressed, and asking it which \
+                 blobs it serves needs image proxy protocol 0.2.5, where this skopeo speaks \
+                 {version}: copy the image out first, skopeo copy {} oci:DIR:TAG, and pull \
+                 oci:DIR:TAG)",
+                self.reference
+            ));
+            return Ok(layers.to_vec());
+        };
+        if infos.len() != layers.len() {
+            return Err(OciError::Invalid {
+                what: format!("layers of {}", self.reference),
+                reason: format!(
+                    "skopeo lists {} layers, the manifest {}",
+                    infos.len(),
+                    layers.len()
+                ),
+            });
+        }
+        infos
+            .into_iter()
+            .map(|info| {
+                let digest = info.digest.to_string();
+                Ok(Descriptor {
+                    media_type: info.media_type.to_string(),
+                    digest: digest.parse().map_err(|e| OciError::Invalid {
+                        what: format!("layers of {}", self.reference),
+                        reason: format!("skopeo reported an unusable digest {digest:?}: {e}"),
+                    })?,
+                    size: info.size,
+                    annotations: Default::default(),
+                    platform: None,
+                })
+            })
+            .collect()
+    }
+
     /// skopeo hands Docker schema 2 images (from registries and `docker-archive:`) out as OCI,
     /// and that conversion serialises the config anew: the manifest then names a config that
     /// exists only inside skopeo, which `GetBlob` cannot find but `GetFullConfig` returns. For
@@ -320,6 +382,7 @@ impl ImageSource for SkopeoSource {
             buf: Vec::new(),
             at: 0,
             done: false,
+            hint: self.blob_hint.get().cloned(),
         }))
     }
 }

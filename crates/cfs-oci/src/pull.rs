@@ -203,8 +203,9 @@ pub fn pull(
     )?;
     let diff_ids = &config.rootfs.diff_ids;
 
+    let blobs = source.layer_blobs(&manifest.layers)?;
     let mut plan = Vec::with_capacity(manifest.layers.len());
-    for (index, (blob, diff_id)) in manifest.layers.iter().zip(diff_ids).enumerate() {
+    for (index, (blob, diff_id)) in blobs.iter().zip(diff_ids).enumerate() {
         plan.push(LayerPlan {
             index,
             blob: blob.clone(),

@@ -36,6 +36,12 @@ pub trait ImageSource: Sync {
         desc: &Descriptor,
     ) -> Result<Box<dyn Read + Send + 'a>, OciError>;
 
+    /// The blobs to fetch for the manifest's `layers`: the manifest's own descriptors, unless
+    /// the source keeps its layers as other blobs (containers-storage keeps them uncompressed).
+    fn layer_blobs(&self, layers: &[Descriptor]) -> Result<Vec<Descriptor>, OciError> {
+        Ok(layers.to_vec())
+    }
+
     /// The image config that `desc` (the manifest's config descriptor) names, verified.
     fn read_config(&self, desc: &Descriptor) -> Result<Vec<u8>, OciError> {
         self.read_blob("config", desc)
