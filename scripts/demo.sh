@@ -17,8 +17,14 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "install the packages (scripts/install-deps.sh) and build cfsctl"
 scripts/install-deps.sh
-cargo build --release --quiet -p cfsctl
-cfsctl=${CARGO_TARGET_DIR:-$PWD/target}/release/cfsctl
+# CFS_BIN=DIR uses a cfsctl already built there (the test suite runs the demo with its own
+# debug build rather than building a release one).
+if [[ -n ${CFS_BIN:-} ]]; then
+    cfsctl=$CFS_BIN/cfsctl
+else
+    cargo build --release --quiet -p cfsctl
+    cfsctl=${CARGO_TARGET_DIR:-$PWD/target}/release/cfsctl
+fi
 
 # shellcheck source=scripts/lib/registry.sh
 source scripts/lib/registry.sh
