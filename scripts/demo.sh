@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "install the packages (scripts/install-deps.sh) and build cfsctl"
+step "install the packages (scripts/install-deps.sh) and build cfsctl (unless CFS_BIN names one)"
 scripts/install-deps.sh
 # CFS_BIN=DIR uses a cfsctl already built there (the test suite runs the demo with its own
 # debug build rather than building a release one).

@@ -147,8 +147,7 @@ pub enum OciError {
         /// What went wrong.
         reason: String,
     },
-    /// The image cannot be fetched the way that was asked for (`--fetcher=direct`), or not
-    /// with the skopeo at hand.
+    /// The image cannot be fetched the way that was asked for (`--fetcher=direct`).
     #[error("{reference}: {reason}")]
     FetcherUnavailable {
         /// The image reference.

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use containers_image_proxy::oci_spec::image::Digest as ProxyDigest;
-use containers_image_proxy::{ImageProxy, ImageProxyConfig, OpenedImage};
+use containers_image_proxy::{ConvertedLayerInfo, ImageProxy, ImageProxyConfig, OpenedImage};
 use tokio::io::AsyncReadExt;
 
 use crate::digest::OciDigest;
@@ -146,6 +146,42 @@ fn credentials_file(
         .and_then(|()| file.rewind())
         .map_err(|e| OciError::io("writing the in-memory auth file", e))?;
     Ok(file)
+}
+
+/// The blobs containers-storage serves for an image's layers, from `GetLayerInfo`'s answer:
+/// one per layer of the manifest, each with a digest we can use.
+fn blobs_from_layer_info(
+    reference: &str,
+    infos: Vec<ConvertedLayerInfo>,
+    layers: usize,
+) -> Result<Vec<Descriptor>, OciError> {
+    let invalid = |reason: String| OciError::Invalid {
+        what: format!("layers of {reference}"),
+        reason,
+    };
+    if infos.len() != layers {
+        return Err(invalid(format!(
+            "skopeo lists {} layers, the manifest {layers}",
+            infos.len()
+        )));
+    }
+    infos
+        .into_iter()
+        .map(|info| {
+            let digest = info.digest.to_string();
+            Ok(Descriptor {
+                media_type: info.media_type.to_string(),
+                digest: digest.parse().map_err(|e| {
+                    invalid(format!(
+                        "skopeo reported an unusable digest {digest:?}: {e}"
+                    ))
+                })?,
+                size: info.size,
+                annotations: Default::default(),
+                platform: None,
+            })
+        })
+        .collect()
 }
 
 /// Reads what the pumping task sends; `Err` messages end the stream with that error.
@@ -321,32 +357,7 @@ impl ImageSource for SkopeoSource {
             ));
             return Ok(layers.to_vec());
         };
-        if infos.len() != layers.len() {
-            return Err(OciError::Invalid {
-                what: format!("layers of {}", self.reference),
-                reason: format!(
-                    "skopeo lists {} layers, the manifest {}",
-                    infos.len(),
-                    layers.len()
-                ),
-            });
-        }
-        infos
-            .into_iter()
-            .map(|info| {
-                let digest = info.digest.to_string();
-                Ok(Descriptor {
-                    media_type: info.media_type.to_string(),
-                    digest: digest.parse().map_err(|e| OciError::Invalid {
-                        what: format!("layers of {}", self.reference),
-                        reason: format!("skopeo reported an unusable digest {digest:?}: {e}"),
-                    })?,
-                    size: info.size,
-                    annotations: Default::default(),
-                    platform: None,
-                })
-            })
-            .collect()
+        blobs_from_layer_info(&self.reference, infos, layers.len())
     }
 
     /// skopeo hands Docker schema 2 images (from registries and `docker-archive:`) out as OCI,
@@ -359,12 +370,22 @@ impl ImageSource for SkopeoSource {
         let opened = Arc::clone(opened);
         let converted =
             runtime.block_on(async move { opened.proxy.fetch_config_raw(&opened.image).await });
-        match converted {
+        let full_config = match converted {
             Ok(bytes) if bytes.len() as u64 == desc.size && desc.digest.matches(&bytes) => {
-                Ok(bytes)
+                return Ok(bytes)
             }
-            _ => self.read_blob("config", desc),
-        }
+            Ok(bytes) => format!(
+                "GetFullConfig gave {} bytes that do not match the descriptor",
+                bytes.len()
+            ),
+            Err(e) => format!("GetFullConfig failed: {e}"),
+        };
+        // When the blob is not there either, both answers explain the failure.
+        self.read_blob("config", desc)
+            .map_err(|e| OciError::Invalid {
+                what: format!("config {} of {}", desc.digest, self.reference),
+                reason: format!("{e}; {full_config}"),
+            })
     }
 
     fn open_blob<'a>(
@@ -384,5 +405,39 @@ impl ImageSource for SkopeoSource {
             done: false,
             hint: self.blob_hint.get().cloned(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use containers_image_proxy::oci_spec::image::MediaType;
+
+    fn info(digest: &str, size: u64) -> ConvertedLayerInfo {
+        ConvertedLayerInfo {
+            digest: ProxyDigest::from_str(digest).expect("digest"),
+            size,
+            media_type: MediaType::ImageLayer,
+        }
+    }
+
+    #[test]
+    fn layer_info_becomes_the_blobs_to_fetch() {
+        const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+        const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+        let blobs = blobs_from_layer_info("r", vec![info(D1, 10), info(D2, 20)], 2).expect("ok");
+        assert_eq!(blobs.len(), 2);
+        assert_eq!(blobs[0].digest.to_string(), D1);
+        assert_eq!(blobs[1].size, 20);
+        assert_eq!(
+            blobs[1].media_type,
+            "application/vnd.oci.image.layer.v1.tar"
+        );
+        let err = blobs_from_layer_info("r", vec![info(D1, 10)], 2).expect_err("short");
+        assert!(
+            err.to_string()
+                .contains("skopeo lists 1 layers, the manifest 2"),
+            "{err}"
+        );
     }
 }

@@ -58,7 +58,8 @@ impl Default for PullOptions {
 pub struct LayerPlan {
     /// Position in the manifest (0 = base).
     pub index: usize,
-    /// The blob.
+    /// The blob to fetch: the manifest's, or the one the source serves in its place
+    /// ([`ImageSource::layer_blobs`]).
     pub blob: Descriptor,
     /// The uncompressed digest.
     pub diff_id: OciDigest,
@@ -101,7 +102,7 @@ pub struct PullReport {
     pub layers: usize,
     /// Layers fetched and imported by this pull.
     pub layers_fetched: usize,
-    /// Compressed bytes fetched.
+    /// Bytes of layer blobs fetched (compressed, unless the source serves them uncompressed).
     pub bytes_fetched: u64,
     /// Import counters summed over the fetched layers.
     pub stats: ImportStats,
@@ -204,6 +205,16 @@ pub fn pull(
     let diff_ids = &config.rootfs.diff_ids;
 
     let blobs = source.layer_blobs(&manifest.layers)?;
+    if blobs.len() != manifest.layers.len() {
+        return Err(OciError::Invalid {
+            what: format!("layers of {}", source.describe()),
+            reason: format!(
+                "{} blobs to fetch for {} layers",
+                blobs.len(),
+                manifest.layers.len()
+            ),
+        });
+    }
     let mut plan = Vec::with_capacity(manifest.layers.len());
     for (index, (blob, diff_id)) in blobs.iter().zip(diff_ids).enumerate() {
         plan.push(LayerPlan {

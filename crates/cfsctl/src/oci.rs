@@ -410,7 +410,12 @@ fn images(repo: &Repository, json: bool) -> Result<ExitCode> {
     } else {
         // The name column fits the longest name (a pull without NAME is tagged with its whole
         // reference), so the other columns stay aligned.
-        let width = list.iter().map(|t| t.tag.len()).max().unwrap_or(0).max(4);
+        let width = list
+            .iter()
+            .map(|t| t.tag.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(4);
         writeln!(
             out,
             "{:<width$} {:<19} {:<8} {:>6}  IMAGE",

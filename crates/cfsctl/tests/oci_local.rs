@@ -2,9 +2,10 @@
 //! vector pulled from real PAX tar layers gives composefs-rs's image ids, compressions agree,
 //! re-pulls fetch nothing, shared layers are stored once, bad layers fail cleanly, untag + gc
 //! collects exactly the unique objects, `oci layer` gives the tar back. With skopeo installed,
-//! the same image also goes through skopeo's image proxy (`oci-archive:`, `dir:`, `docker-archive:`, `containers-storage:`, Docker schema 2 from a registry) and through
-//! a real registry (`docker-registry` on loopback, `docker://`). With root, the image is
-//! mounted (kernel and FUSE).
+//! the same image also goes through skopeo's image proxy (`oci-archive:`, `dir:`,
+//! `docker-archive:`, `containers-storage:`, Docker schema 2 from a registry) and through a
+//! real registry (`docker-registry` on loopback, `docker://`, HTTP and HTTPS). With root, the
+//! image is mounted (kernel and FUSE).
 
 mod common;
 #[path = "common/oci_fixture.rs"]
@@ -316,26 +317,31 @@ fn oci_pull_through_skopeo_transports() {
         &src,
         &format!("docker-archive:{}:cfs/vector:t", docker_archive.display()),
     ]);
-    let repo = init(dir.path(), "sha256");
-    for image in [
+    for (n, image) in [
         format!("oci-archive:{}", archive.display()),
         format!("dir:{}", dirdest.display()),
         format!("docker-archive:{}", docker_archive.display()),
         src.clone(),
-    ] {
-        let out = ok(&repo, &["oci", "pull", &image, "x"]);
+    ]
+    .iter()
+    .enumerate()
+    {
+        // A repository each, so every transport serves the layers too.
+        let repo = init(&dir.path().join(format!("repo-{n}")), "sha256");
+        let out = ok(&repo, &["oci", "pull", image, "x"]);
         assert_eq!(
             field(&out, "verity"),
             testutil::VECTOR_ID_SHA256,
             "{image}: {out}"
         );
+        assert!(out.contains("(2 fetched"), "{image}: {out}");
+        assert_fsck_clean(&repo);
     }
-    assert_fsck_clean(&repo);
 }
 
 /// `containers-storage:` (podman's and buildah's image store; a private one under the test's
-/// directory, with the `vfs` driver, so nothing is mounted and the machine's store is left
-/// alone). An image whose manifest names its uncompressed layers (as one copied from a Docker
+/// directory, with the `vfs` driver, so nothing is mounted and the machine's image store is
+/// left alone). An image whose manifest names its uncompressed layers (as one copied from a Docker
 /// archive does) pulls with any skopeo. One copied from a gzip layout keeps only the
 /// uncompressed layers its manifest does not name: a skopeo with `GetLayerInfo` (image proxy
 /// protocol 0.2.5) finds them; an older one (Debian 12's speaks 0.2.3) fails, naming the way
@@ -464,9 +470,9 @@ fn oci_pull_from_a_registry() {
 }
 
 /// A registry serving HTTPS with a certificate from a CA nobody trusts: refused with
-/// verification on (the default), pulled once the CA is trusted (`SSL_CERT_FILE`, which
-/// rustls's and Go's system trust stores both read), and pulled over unverified HTTPS, not
-/// plain HTTP, with `--tls-verify=false`; directly and through skopeo alike.
+/// verification on (the default), pulled once the CA is trusted (`SSL_CERT_FILE` naming it: for
+/// rustls it replaces the system's trust store, for Go it adds a file), and pulled over
+/// unverified HTTPS, not plain HTTP, with `--tls-verify=false`; directly and through skopeo.
 #[test]
 fn oci_pull_from_an_https_registry() {
     if let Some(why) = missing_programs(&["skopeo", "docker-registry", "openssl"]) {
@@ -488,17 +494,24 @@ fn oci_pull_from_an_https_registry() {
             err.contains("127.0.0.1") && err.to_lowercase().contains("certificate"),
             "{fetcher}: {err}"
         );
+        if fetcher == "auto" {
+            assert!(err.contains("--tls-verify=false"), "the hint: {err}");
+        }
         assert_eq!(ok(&repo, &["oci", "images", "--json"]).trim(), "[]");
         let out = ok_env(&repo, &["oci", "pull", &fetch, &remote, "x"], &trusted);
         assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
         assert_eq!(fetcher == "auto", out.contains(&https), "{fetcher}: {out}");
+        assert_fsck_clean(&repo);
+        // A fresh repository, so the layers cross unverified HTTPS too.
+        let unverified = init(&dir.path().join(format!("{fetcher}-unverified")), "sha256");
         let out = ok(
-            &repo,
+            &unverified,
             &["oci", "pull", &fetch, "--tls-verify=false", &remote, "y"],
         );
         assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
+        assert!(out.contains("(2 fetched"), "{out}");
         assert_eq!(fetcher == "auto", out.contains(&https), "{fetcher}: {out}");
-        assert_fsck_clean(&repo);
+        assert_fsck_clean(&unverified);
     }
     drop(registry);
 }

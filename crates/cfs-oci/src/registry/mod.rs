@@ -261,14 +261,14 @@ fn query_value(text: &str) -> String {
     out
 }
 
-/// A failed request, described, with what to do about an untrusted certificate (rustls calls
-/// it an "invalid peer certificate", whatever the reason).
+/// A failed request, described, with what to do about a refused certificate (rustls calls
+/// every reason an "invalid peer certificate": unknown issuer, expired, another name).
 fn call_failed(e: &ureq::Error) -> String {
     let text = e.to_string();
     if text.contains("invalid peer certificate") {
         format!(
-            "{text} (the server's certificate is not trusted here: add its CA to the system's \
-             trust store or name it in SSL_CERT_FILE, or pass --tls-verify=false)"
+            "{text} (the server's certificate was refused; if its CA is one you trust, add it \
+             to the system's trust store (update-ca-certificates), or pass --tls-verify=false)"
         )
     } else {
         text
@@ -283,7 +283,8 @@ struct Challenge {
 }
 
 impl Challenge {
-    /// Parse `Scheme key="value", key=value, …` (one challenge: a registry that offers several sends one header each).
+    /// Parse `Scheme key="value", key=value, …`: one challenge (a registry that offers
+    /// several sends a header for each).
     fn parse(header: &str) -> Option<Challenge> {
         let header = header.trim();
         let (scheme, mut rest) = header.split_once(' ').unwrap_or((header, ""));

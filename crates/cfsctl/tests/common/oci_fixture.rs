@@ -46,7 +46,12 @@ pub fn missing_programs(programs: &[&str]) -> Option<String> {
 
 /// Run skopeo with `args`; panics with its output unless it succeeds.
 pub fn skopeo(args: &[&str]) -> Output {
-    run_ok(Command::new("skopeo").args(args), TOOL_TIMEOUT)
+    run_ok(
+        Command::new("skopeo")
+            .args(args)
+            .env_remove("CONTAINERS_STORAGE_CONF"),
+        TOOL_TIMEOUT,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -83,6 +88,7 @@ pub fn cfsctl_env(repo: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
         // Extra trusted CAs, for cfsctl (rustls) and skopeo (Go) alike.
         "SSL_CERT_FILE",
         "SSL_CERT_DIR",
+        "CONTAINERS_STORAGE_CONF",
     ] {
         cmd.env_remove(var);
     }
@@ -253,8 +259,8 @@ impl Registry {
         panic!("docker-registry did not start: {last_failure}");
     }
 
-    /// Poll `GET /v2/` until it answers 200 from a registry, the process exits, or the time
-    /// runs out.
+    /// Poll `GET /v2/` until it answers as a registry (or, serving HTTPS, refuses plain HTTP),
+    /// the process exits, or the time runs out.
     fn wait_until_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + REGISTRY_START_TIMEOUT;
         loop {
@@ -280,8 +286,8 @@ impl Registry {
         }
     }
 
-    /// Whether `GET /v2/` answers 200 (or 401, when it wants authentication) with the
-    /// registry's API-version header.
+    /// Whether plain-HTTP `GET /v2/` answers 200 (or 401, when it wants authentication) with
+    /// the registry's API-version header, or gets Go's refusal of plain HTTP on an HTTPS port.
     fn answers(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
