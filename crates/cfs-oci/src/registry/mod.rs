@@ -261,6 +261,16 @@ fn query_value(text: &str) -> String {
     out
 }
 
+/// A response's whole body, refused past `limit` bytes (a registry's answer is read into
+/// memory, so it must not be allowed to grow without bound).
+fn read_body(response: Response<Body>, limit: u64) -> Result<Vec<u8>, ureq::Error> {
+    response
+        .into_body()
+        .into_with_config()
+        .limit(limit)
+        .read_to_vec()
+}
+
 /// A failed request, described, with what to do about a refused certificate (rustls calls
 /// every reason an "invalid peer certificate": unknown issuer, expired, another name).
 fn call_failed(e: &ureq::Error) -> String {
@@ -529,11 +539,7 @@ impl Client {
         if response.status() != StatusCode::OK {
             return Err(self.refusal(&context, response));
         }
-        let bytes = response
-            .into_body()
-            .into_with_config()
-            .limit(SMALL_BODY_LIMIT)
-            .read_to_vec()
+        let bytes = read_body(response, SMALL_BODY_LIMIT)
             .map_err(|e| self.registry_error(&context, e.to_string()))?;
         let parsed: TokenResponse = serde_json::from_slice(&bytes)
             .map_err(|e| self.registry_error(&context, format!("not a token response: {e}")))?;
@@ -548,12 +554,7 @@ impl Client {
     /// An error for an unexpected response, with the registry's own explanation if it gave one.
     fn refusal(&self, what: &str, response: Response<Body>) -> OciError {
         let status = response.status();
-        let text = response
-            .into_body()
-            .into_with_config()
-            .limit(SMALL_BODY_LIMIT)
-            .read_to_vec()
-            .unwrap_or_default();
+        let text = read_body(response, SMALL_BODY_LIMIT).unwrap_or_default();
         let detail = match serde_json::from_slice::<ErrorBody>(&text) {
             Ok(body) if !body.errors.is_empty() => body
                 .errors
@@ -627,11 +628,7 @@ impl Client {
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned());
-        let bytes = response
-            .into_body()
-            .into_with_config()
-            .limit(JSON_LIMIT)
-            .read_to_vec()
+        let bytes = read_body(response, JSON_LIMIT)
             .map_err(|e| self.registry_error(&what, e.to_string()))?;
         let digest = match expected {
             Some(d) if !d.matches(&bytes) => {
