@@ -47,6 +47,17 @@ registry_start "$work"
 ref="docker://127.0.0.1:$registry_port/deb:1"
 skopeo copy --dest-tls-verify=false "oci:$work/layout:deb" "$ref" >/dev/null
 layer_bytes=$(du -sb "$work/layout/blobs" | cut -f1)
+# The floor row's input: the layer's tar, uncompressed, outside the filesystem under test.
+mkdir -p "$work/floor"
+layer_blob=$(python3 - "$work/layout" <<'PY'
+import json, sys
+layout = sys.argv[1]
+blob = lambda digest: f"{layout}/blobs/{digest.replace(':', '/')}"
+manifest = json.load(open(blob(json.load(open(f"{layout}/index.json"))["manifests"][0]["digest"])))
+print(blob(manifest["layers"][0]["digest"]))
+PY
+)
+gzip -dc "$layer_blob" >"$work/floor/layer.tar"
 
 measure() { # label, command...
     local label=$1; shift
@@ -57,7 +68,7 @@ measure() { # label, command...
     echo 3 >/proc/sys/vm/drop_caches || { echo "bench/oci.sh: cannot drop the page cache (run as root)" >&2; exit 1; }
     # Then the sources (the registry's blobs, the layout's for the layout row) are read back in,
     # so no tool waits for the disk to read its source (CFS_COLD=1 leaves them on disk).
-    [[ -n ${CFS_COLD:-} ]] || find "$work/registry-data" "$work/layout/blobs" -type f -exec cat {} + >/dev/null
+    [[ -n ${CFS_COLD:-} ]] || find "$work/registry-data" "$work/layout/blobs" "$work/floor" -type f -exec cat {} + >/dev/null
     /usr/bin/time -f "$label %e %M %U %S" -a -o "$work/times" "$@" >/dev/null 2>&1
 }
 # The pulls write to a fresh journaled ext4 of their own (a loop-mounted sparse file), for two
@@ -87,6 +98,11 @@ for i in $(seq "$runs"); do
     # Not a target: the same image read from the OCI layout it was packed in (no skopeo, no
     # network), to show what fetching through skopeo costs.
     measure cfs-layout "$bin/cfsctl" --repo "$run/repo-layout" oci pull "oci:$work/layout:deb" deb
+    # Not a target: a floor for any tool that must create the layer's files. GNU tar extracts
+    # the already-uncompressed layer from the page cache, then `syncfs` makes it durable (as the
+    # pull does before naming a layer): no fetch, no decompression, no hashing.
+    mkdir -p "$run/untar"
+    measure untar bash -c 'tar -x -f "$1" -C "$2" && sync -f "$2"' untar "$work/floor/layer.tar" "$run/untar"
 done
 entries=$(find "$rootfs" -xdev | wc -l)
 python3 - "$work/times" "$runs" "$entries" "$layer_bytes" "$(du -sb "$rootfs" | cut -f1)" <<'PY'
@@ -113,7 +129,8 @@ for label, name in (("skopeo", "`skopeo copy docker://… oci:DIR`"),
                     ("cfs", "`cfsctl oci pull docker://…` (default sha512 repository)"),
                     ("cfs-sha256", "`cfsctl oci pull docker://…` (sha256 repository)"),
                     ("cfs-skopeo", "`cfsctl oci pull --fetcher=skopeo docker://…` (sha512 repository; through skopeo's proxy, no target)"),
-                    ("cfs-layout", "`cfsctl oci pull oci:DIR` of the packed layout (sha256 repository; no target)")):
+                    ("cfs-layout", "`cfsctl oci pull oci:DIR` of the packed layout (sha256 repository; no target)"),
+                    ("untar", "floor: `tar -x` of the uncompressed layer from memory, then `syncfs` (no fetch, inflate or hashing; no target)")):
     v = rows[label]
     secs = [r[0] for r in v]
     med[label] = statistics.median(secs)
@@ -123,5 +140,6 @@ for label, name in (("skopeo", "`skopeo copy docker://… oci:DIR`"),
 print()
 for label in ("cfs", "cfs-sha256"):
     print(f"- {label}: **{med[label] / med['skopeo']:.2f}×** skopeo's time (target ≤ 1.5×)")
+print(f"- floor (`tar -x` + `syncfs` alone): {med['untar'] / med['skopeo']:.2f}× skopeo's time")
 print()
 PY
