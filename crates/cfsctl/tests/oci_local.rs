@@ -418,16 +418,46 @@ fn oci_pull_from_containers_storage() {
     assert_fsck_clean(&storage_repo);
 }
 
-#[test]
-fn oci_pull_from_a_registry() {
+/// The vector image (layers compressed with `compress`) pushed as `cfs/vector:t` to a registry
+/// started for one test. The registry must stop before its directory goes: fields drop in
+/// order, and bindings in reverse, so a destructuring binds `dir` first.
+struct RegistryVector {
+    registry: Registry,
+    remote: String,
+    layout: Layout,
+    dir: tempfile::TempDir,
+}
+
+/// [`RegistryVector`] for the test that needs it for `what`; `None`, after saying so, where
+/// skopeo or docker-registry is missing.
+fn vector_on_a_registry(what: &str, compress: Compress) -> Option<RegistryVector> {
     if let Some(why) = missing_programs(&["skopeo", "docker-registry"]) {
-        skip("pull from a loopback registry", &why);
-        return;
+        skip(what, &why);
+        return None;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let (layout, _) = vector_layout(dir.path(), Compress::Zstd(2));
+    let (layout, _) = vector_layout(dir.path(), compress);
     let registry = Registry::start(&dir.path().join("registry"));
     let remote = registry.push(&layout.dir, "t", "cfs/vector");
+    Some(RegistryVector {
+        registry,
+        remote,
+        layout,
+        dir,
+    })
+}
+
+#[test]
+fn oci_pull_from_a_registry() {
+    let Some(RegistryVector {
+        dir,
+        layout,
+        registry,
+        remote,
+    }) = vector_on_a_registry("pull from a loopback registry", Compress::Zstd(2))
+    else {
+        return;
+    };
     let repo = init(dir.path(), "sha256");
     let out = ok(&repo, &["oci", "pull", "--tls-verify=false", &remote]);
     assert_eq!(field(&out, "verity"), testutil::VECTOR_ID_SHA256, "{out}");
@@ -518,14 +548,18 @@ fn oci_pull_from_an_https_registry() {
 
 #[test]
 fn oci_registry_blobs_that_are_corrupt_or_missing_fail_cleanly() {
-    if let Some(why) = missing_programs(&["skopeo", "docker-registry"]) {
-        skip("corrupt and missing blobs on a loopback registry", &why);
+    let Some(RegistryVector {
+        dir,
+        layout,
+        registry,
+        remote,
+    }) = vector_on_a_registry(
+        "corrupt and missing blobs on a loopback registry",
+        Compress::Gzip(1),
+    )
+    else {
         return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (layout, _) = vector_layout(dir.path(), Compress::Gzip(1));
-    let registry = Registry::start(&dir.path().join("registry"));
-    let remote = registry.push(&layout.dir, "t", "cfs/vector");
+    };
     let layer = layout_layer_digests(&layout.dir, "t")
         .pop()
         .expect("a layer");
