@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tree=${1:-/usr}
-conformance=${CFS_CONFORMANCE_DIR:-../shared/conformance/composefs-c}
+conformance=${CFS_CONFORMANCE_DIR:-tests/conformance/composefs-c}
 scripts/install-deps.sh
 cargo build --release --quiet -p cfsctl
 bin=${CARGO_TARGET_DIR:-$PWD/target}/release

@@ -1,4 +1,4 @@
-//! The C composefs test vectors (`../shared/conformance/composefs-c/`): every vector compiles to
+//! The C composefs test vectors (`tests/conformance/composefs-c/` at the repository root): every vector compiles to
 //! the image C `mkcomposefs` writes (plain sha256 pinned), survives a dump → mkcomposefs round
 //! trip byte for byte, dumps back to its input (after normalisation), and passes `fsck.erofs`.
 //! Every should-fail vector is rejected with a line number and leaves no file behind.
@@ -17,7 +17,7 @@ fn conformance_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("CFS_CONFORMANCE_DIR") {
         Some(d) => PathBuf::from(d),
         None => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/composefs-c")
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/composefs-c")
         }
     };
     if dir.is_dir() {
