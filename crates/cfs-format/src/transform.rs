@@ -3,7 +3,7 @@
 //! [`transform_for_oci`] is what composefs-rs applies to OCI images and, by default, to
 //! `create-image` of a directory: the root takes `/usr`'s metadata, `/run` is emptied, and only
 //! an allowlist of xattrs survives. Applying exactly these rules is what makes our image ids equal
-//! to composefs-rs's for the same tree (FORMATS.md §6 step 3).
+//! to composefs-rs's for the same tree (docs/formats.md §6 step 3).
 
 use crate::tree::{InodeId, InodeKind, Tree};
 
@@ -151,7 +151,7 @@ mod tests {
         assert!(!XattrPolicy::KeepUserXattrs.keeps(b"trusted.a"));
     }
 
-    /// FORMATS.md §6 "OCI vector": the merged layers, then the transform, must give the image
+    /// docs/formats.md §6 "OCI vector": the merged layers, then the transform, must give the image
     /// ids composefs-rs 0.9 computes for sha256 and sha512 repositories.
     #[test]
     fn oci_vector_gives_composefs_rs_ids() {

@@ -1,4 +1,4 @@
-//! How image inodes appear to the kernel: inode numbers and attributes (FORMATS.md §8.1).
+//! How image inodes appear to the kernel: inode numbers and attributes (docs/formats.md §8.1).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -312,10 +312,17 @@ impl ComposefsFs {
                 backing: None,
             });
         };
-        let file = self.objects.open(&object).map_err(|e| {
+        // Passthrough READs never reach us: such objects are checked whole, once, at open.
+        let opened = if self.passthrough.load(Ordering::Relaxed) {
+            self.objects.open_checked_whole(&object)
+        } else {
+            self.objects.open(&object)
+        };
+        let file = opened.map_err(|e| {
             log_object_error(ino.0, &e);
             Errno::EIO
         })?;
+        let check = self.objects.read_check(&object, &file);
         let obj = self.open.insert_with(ino.0, || {
             if self.passthrough.load(Ordering::Relaxed) {
                 let registered = match self.dev_fuse.get() {
@@ -326,6 +333,7 @@ impl ComposefsFs {
                     // The kernel holds its own reference to the file now.
                     Ok(backing) => {
                         return OpenObject {
+                            check: None,
                             file: None,
                             backing: Some(backing),
                         }
@@ -341,6 +349,7 @@ impl ComposefsFs {
                 }
             }
             OpenObject {
+                check,
                 file: Some(file),
                 backing: None,
             }
@@ -366,10 +375,12 @@ impl ComposefsFs {
             }),
             Some(RegularData::Inline(_) | RegularData::Sparse) => Ok(None),
             Some(RegularData::External { digest, payload }) => {
-                ObjectRef::new(digest, payload).map(Some).map_err(|e| {
-                    log_object_error(ino.0, &e);
-                    Errno::EIO
-                })
+                ObjectRef::new(digest, payload, node.size())
+                    .map(Some)
+                    .map_err(|e| {
+                        log_object_error(ino.0, &e);
+                        Errno::EIO
+                    })
             }
         }
     }
@@ -449,10 +460,12 @@ impl ComposefsFs {
             return self.read_image(ino, offset, size, buf);
         };
         let obj = self.recent.get_or_open(ino.0, || {
-            self.objects.open(&object).map_err(|e| {
+            let file = self.objects.open(&object).map_err(|e| {
                 log_object_error(ino.0, &e);
                 Errno::EIO
-            })
+            })?;
+            let check = self.objects.read_check(&object, &file);
+            Ok::<_, Errno>((file, check))
         })?;
         self.read_object(ino, &obj, offset, size, buf)
     }
@@ -470,20 +483,59 @@ impl ComposefsFs {
             return Err(Errno::EIO);
         };
         let buf = buf.get_mut(..size).ok_or(Errno::EIO)?;
-        let mut done = 0;
-        while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
-            match rustix::io::pread(file, rest, offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    log::warn!("reading the object of inode {}: {e}", ino.0);
-                    return Err(Errno::EIO);
-                }
-            }
+        let Some(check) = &obj.check else {
+            let done = pread_full(ino, file, buf, offset)?;
+            self.counters.add_read_bytes(done as u64);
+            return Ok(ReadData::Filled(done));
+        };
+        // Checked READs read whole blocks (the kernel asks for whole pages anyway; anything
+        // else goes through a scratch buffer) and check them before answering.
+        if offset >= check.size {
+            return Ok(ReadData::Filled(0));
         }
-        self.counters.add_read_bytes(done as u64);
-        Ok(ReadData::Filled(done))
+        let end = check.size.min(offset + size as u64);
+        let want = (end - offset) as usize;
+        let block = cfs_format::fsverity::BLOCK_SIZE as u64;
+        let start_aligned = offset / block * block;
+        let end_aligned = check.size.min(end.div_ceil(block) * block);
+        let checked = |data: &[u8], at: u64| {
+            self.objects.check_read(check, file, at, data).map_err(|e| {
+                log_object_error(ino.0, &e);
+                Errno::EIO
+            })
+        };
+        let short = |done: usize, len: usize| {
+            log::warn!(
+                "object {} of inode {} ends before the {} bytes the image says",
+                String::from_utf8_lossy(&check.path),
+                ino.0,
+                check.size
+            );
+            debug_assert!(done < len);
+            Errno::EIO
+        };
+        if start_aligned == offset && end_aligned == end {
+            let data = buf.get_mut(..want).ok_or(Errno::EIO)?;
+            let done = pread_full(ino, file, data, offset)?;
+            if done < want {
+                return Err(short(done, want));
+            }
+            checked(data, offset)?;
+        } else {
+            let len = (end_aligned - start_aligned) as usize;
+            let mut scratch = vec![0u8; len];
+            let done = pread_full(ino, file, &mut scratch, start_aligned)?;
+            if done < len {
+                return Err(short(done, len));
+            }
+            checked(&scratch, start_aligned)?;
+            let from = (offset - start_aligned) as usize;
+            buf.get_mut(..want)
+                .ok_or(Errno::EIO)?
+                .copy_from_slice(&scratch[from..from + want]);
+        }
+        self.counters.add_read_bytes(want as u64);
+        Ok(ReadData::Filled(want))
     }
 
     fn xattr<R>(
@@ -513,6 +565,28 @@ impl ComposefsFs {
             Err(e) => answer(Err(e)),
         }
     }
+}
+
+/// Read into `buf` from `offset` until it is full or the file ends; the bytes read.
+fn pread_full(
+    ino: INodeNo,
+    file: &std::fs::File,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<usize, Errno> {
+    let mut done = 0;
+    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        match rustix::io::pread(file, rest, offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => {
+                log::warn!("reading the object of inode {}: {e}", ino.0);
+                return Err(Errno::EIO);
+            }
+        }
+    }
+    Ok(done)
 }
 
 /// Log damage found while serving and turn it into EIO.
@@ -665,12 +739,11 @@ impl ComposefsFs {
             }
         }
         // Zero-message open, when there is nothing to do at open: no backing file to register
-        // (passthrough) and no digest to check (verify=off). The kernel then opens files by
-        // itself, keeping their page cache, and a warm read costs no request at all. A missing
-        // object is reported by the first READ instead of the open.
+        // (passthrough). Digests are checked on READ, not at open. The kernel then opens files
+        // by itself, keeping their page cache, and a warm read costs no request at all. A
+        // missing or damaged object is reported by the first READ instead of the open.
         self.no_open.store(
             !self.passthrough.load(Ordering::Relaxed)
-                && !self.objects.verifies()
                 && config
                     .capabilities()
                     .contains(InitFlags::FUSE_NO_OPEN_SUPPORT),

@@ -5,7 +5,7 @@
 //! memory used does not grow with the image. External file contents come from an objects
 //! directory (a repository's `objects/` or a digest store).
 //!
-//! What the mount shows is the image's dumpfile view (FORMATS.md §8.1): root whiteout stubs and
+//! What the mount shows is the image's dumpfile view (docs/formats.md §8.1): root whiteout stubs and
 //! composefs-internal xattrs are hidden, escaped `trusted.overlay.overlay.*` names are shown
 //! unescaped, escaped whiteouts appear as chardev 0:0, mtimes keep their nanoseconds. Inode
 //! numbers are stable: the root is 1, every other inode its NID (hardlinks share it).
@@ -41,6 +41,7 @@ mod sys;
 #[cfg(test)]
 mod testutil;
 mod uring;
+mod verify;
 
 pub use counters::{Counters, Op};
 pub use options::{FuseOptions, ParseOptionsError, VALID_OPTIONS};

@@ -1,5 +1,6 @@
-//! External file contents: opening objects below the objects directory, checking their
-//! fs-verity digests once per mount, and the table of open objects shared by concurrent opens.
+//! External file contents: opening objects below the objects directory, checking what is read
+//! from them against their fs-verity digests (see `verify`), and the table of open objects
+//! shared by concurrent opens.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -10,6 +11,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use cfs_format::{fsverity, Digest};
 use cfs_repo::verity::{self, MeasureError};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
+
+use crate::verify::{CheckError, Trees};
 
 /// Why an object could not be served. Each variant is logged (naming the object) and answered
 /// with EIO.
@@ -47,6 +50,24 @@ pub(crate) enum ObjectError {
     /// The image names neither a digest nor a backing path.
     #[error("external file without digest or backing path")]
     NoPath,
+    /// The object's size is not the file's size in the image.
+    #[error("object {path} has {actual} bytes, the image says {expected}")]
+    WrongSize {
+        /// Path relative to the objects directory.
+        path: String,
+        /// The size in the image.
+        expected: u64,
+        /// The object's size.
+        actual: u64,
+    },
+    /// What was read does not match the digest.
+    #[error("object {path} fails verification: {why}")]
+    Unverified {
+        /// Path relative to the objects directory.
+        path: String,
+        /// What does not match.
+        why: String,
+    },
 }
 
 /// Where an external file's object is: the path below the objects directory and the digest to
@@ -55,18 +76,24 @@ pub(crate) enum ObjectError {
 pub(crate) struct ObjectRef {
     pub(crate) path: Vec<u8>,
     pub(crate) digest: Option<Digest>,
+    /// The file's size in the image.
+    pub(crate) size: u64,
 }
 
 impl ObjectRef {
     /// From the image's metacopy digest and/or redirect payload: the digest names the object
     /// (`XX/<rest>`) when present, else the payload path does.
-    pub(crate) fn new(digest: Option<Digest>, payload: Option<&[u8]>) -> Result<Self, ObjectError> {
+    pub(crate) fn new(
+        digest: Option<Digest>,
+        payload: Option<&[u8]>,
+        size: u64,
+    ) -> Result<Self, ObjectError> {
         let path = match (digest, payload) {
             (Some(d), _) => d.object_path().into_bytes(),
             (None, Some(p)) if !p.is_empty() => p.to_vec(),
             _ => return Err(ObjectError::NoPath),
         };
-        Ok(ObjectRef { path, digest })
+        Ok(ObjectRef { path, digest, size })
     }
 
     pub(crate) fn display(&self) -> String {
@@ -79,27 +106,69 @@ impl ObjectRef {
 pub(crate) struct ObjectStore {
     dir: OwnedFd,
     verify: bool,
-    /// Objects whose digest was checked, keyed by digest. The inner lock makes concurrent first
-    /// opens of one object hash it once: the others wait for the result.
+    /// Objects whose whole digest was checked at open (passthrough only, whose READs never
+    /// reach us), keyed by digest. The inner lock makes concurrent first opens of one object
+    /// hash it once: the others wait for the result.
     verified: Mutex<HashMap<Digest, Arc<Mutex<bool>>>>,
+    /// Merkle trees for checking READs block by block.
+    trees: Trees,
 }
 
 impl ObjectStore {
-    pub(crate) fn new(dir: OwnedFd, verify: bool) -> Self {
+    /// Objects below `dir`; with `verify`, READs are checked against their digests, using (and
+    /// filling) the saved Merkle trees in `tree_dir`, if given.
+    pub(crate) fn new(dir: OwnedFd, verify: bool, tree_dir: Option<OwnedFd>) -> Self {
         ObjectStore {
             dir,
             verify,
             verified: Mutex::new(HashMap::new()),
+            trees: Trees::new(tree_dir),
         }
     }
 
-    /// Whether objects are checked against their digests.
-    pub(crate) fn verifies(&self) -> bool {
-        self.verify
+    /// What READs of `obj` must be checked against: its digest, unless verification is off or
+    /// the object has kernel fs-verity of the same digest (then the kernel checks every page
+    /// it reads from it).
+    pub(crate) fn check_for(&self, obj: &ObjectRef, file: &File) -> Option<Digest> {
+        let expected = obj.digest.filter(|_| self.verify)?;
+        match verity::measure(file.as_fd()) {
+            Ok(d) if d == expected => None,
+            _ => Some(expected),
+        }
+    }
+
+    /// Check `data`, read at `offset` from the object `file`, as `check` says (see `verify`).
+    pub(crate) fn check_read(
+        &self,
+        check: &ReadCheck,
+        file: &File,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<(), ObjectError> {
+        let path = || String::from_utf8_lossy(&check.path).into_owned();
+        self.trees
+            .check(file, &check.digest, check.size, offset, data)
+            .map_err(|e| match e {
+                CheckError::Mismatch(why) => ObjectError::Unverified { path: path(), why },
+                CheckError::Io(source) => ObjectError::Io {
+                    path: path(),
+                    source,
+                },
+            })
+    }
+
+    /// How READs of `obj`, opened as `file`, must be checked (see [`ReadCheck`]).
+    pub(crate) fn read_check(&self, obj: &ObjectRef, file: &File) -> Option<ReadCheck> {
+        self.check_for(obj, file).map(|digest| ReadCheck {
+            path: obj.path.clone(),
+            digest,
+            size: obj.size,
+        })
     }
 
     /// Open `obj` read-only (never leaving the objects directory: `RESOLVE_BENEATH`) and, unless
-    /// verification is off, check it against its digest on the first open of this mount.
+    /// verification is off, check that it has the size the image says (its content is checked
+    /// as it is read).
     pub(crate) fn open(&self, obj: &ObjectRef) -> Result<File, ObjectError> {
         let path = std::ffi::OsStr::from_bytes(&obj.path);
         let fd = rustix::fs::openat2(
@@ -119,6 +188,29 @@ impl ObjectStore {
             },
         })?;
         let file = File::from(fd);
+        if self.verify && obj.digest.is_some() {
+            let actual = file
+                .metadata()
+                .map_err(|source| ObjectError::Io {
+                    path: obj.display(),
+                    source,
+                })?
+                .len();
+            if actual != obj.size {
+                return Err(ObjectError::WrongSize {
+                    path: obj.display(),
+                    expected: obj.size,
+                    actual,
+                });
+            }
+        }
+        Ok(file)
+    }
+
+    /// Open `obj` and check its whole content against its digest, once per mount: for
+    /// passthrough, where READs go straight to the object and never reach the server.
+    pub(crate) fn open_checked_whole(&self, obj: &ObjectRef) -> Result<File, ObjectError> {
+        let file = self.open(obj)?;
         if let (true, Some(expected)) = (self.verify, obj.digest) {
             self.verify_once(obj, &expected, &file)?;
         }
@@ -232,9 +324,23 @@ impl Drop for Backing {
     }
 }
 
+/// How READs of an open object are checked.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadCheck {
+    /// The object's path, for messages.
+    pub(crate) path: Vec<u8>,
+    /// The digest every READ is checked against.
+    pub(crate) digest: Digest,
+    /// The object's size.
+    pub(crate) size: u64,
+}
+
 /// One open object, shared by every open of its inode.
 #[derive(Debug)]
 pub(crate) struct OpenObject {
+    /// How its READs are checked; `None` when they need no check (verify=off, no digest, or
+    /// kernel fs-verity on the object).
+    pub(crate) check: Option<ReadCheck>,
     /// The object, for reads served in userspace. `None` once the kernel holds it as a
     /// passthrough backing file: it needs no descriptor of ours.
     pub(crate) file: Option<File>,
@@ -415,13 +521,15 @@ impl RecentObjects {
     pub(crate) fn get_or_open<E>(
         &self,
         ino: u64,
-        open: impl FnOnce() -> Result<File, E>,
+        open: impl FnOnce() -> Result<(File, Option<ReadCheck>), E>,
     ) -> Result<Arc<OpenObject>, E> {
         if let Some(obj) = self.find(ino) {
             return Ok(obj);
         }
+        let (file, check) = open()?;
         let obj = Arc::new(OpenObject {
-            file: Some(open()?),
+            check,
+            file: Some(file),
             backing: None,
         });
         let evicted = {
@@ -483,7 +591,7 @@ mod tests {
             Mode::empty(),
         )
         .unwrap();
-        (dir, ObjectStore::new(fd, verify))
+        (dir, ObjectStore::new(fd, verify, None))
     }
 
     #[test]
@@ -497,28 +605,28 @@ mod tests {
         let bad_path = bad_digest.object_path();
         let (_dir, store) = store_with(&[(&good_path, &good), (&bad_path, &bad)], true);
 
-        let obj = ObjectRef::new(Some(digest), None).unwrap();
-        store.open(&obj).unwrap();
-        store.open(&obj).unwrap();
+        let obj = ObjectRef::new(Some(digest), None, good.len() as u64).unwrap();
+        store.open_checked_whole(&obj).unwrap();
+        store.open_checked_whole(&obj).unwrap();
         assert_eq!(store.verified_count(), 1);
 
-        let obj = ObjectRef::new(Some(bad_digest), None).unwrap();
-        let err = store.open(&obj).unwrap_err();
+        let obj = ObjectRef::new(Some(bad_digest), None, good.len() as u64).unwrap();
+        let err = store.open_checked_whole(&obj).unwrap_err();
         assert!(matches!(err, ObjectError::Mismatch { .. }), "{err}");
         assert!(err.to_string().contains(&bad_path), "{err}");
         assert_eq!(store.verified_count(), 1);
 
         // Missing objects and paths that leave the objects directory.
         let missing =
-            ObjectRef::new(Some(fsverity::digest(Algorithm::Sha256, b"x")), None).unwrap();
+            ObjectRef::new(Some(fsverity::digest(Algorithm::Sha256, b"x")), None, 1).unwrap();
         assert!(matches!(
             store.open(&missing),
             Err(ObjectError::Missing { .. })
         ));
-        let escape = ObjectRef::new(None, Some(b"../../etc/passwd")).unwrap();
+        let escape = ObjectRef::new(None, Some(b"../../etc/passwd"), 0).unwrap();
         assert!(matches!(store.open(&escape), Err(ObjectError::Io { .. })));
         assert!(matches!(
-            ObjectRef::new(None, None),
+            ObjectRef::new(None, None, 0),
             Err(ObjectError::NoPath)
         ));
     }
@@ -528,15 +636,15 @@ mod tests {
         let content = b"abc";
         let wrong = fsverity::digest(Algorithm::Sha256, b"something else");
         let (_dir, store) = store_with(&[(&wrong.object_path(), content)], false);
-        let obj = ObjectRef::new(Some(wrong), None).unwrap();
-        store.open(&obj).unwrap();
+        let obj = ObjectRef::new(Some(wrong), None, 3).unwrap();
+        store.open_checked_whole(&obj).unwrap();
         assert_eq!(store.verified_count(), 0);
     }
 
     #[test]
     fn payload_paths_without_digest() {
         let (_dir, store) = store_with(&[("ab/cdef", b"data")], true);
-        let obj = ObjectRef::new(None, Some(b"ab/cdef")).unwrap();
+        let obj = ObjectRef::new(None, Some(b"ab/cdef"), 4).unwrap();
         let f = store.open(&obj).unwrap();
         assert_eq!(f.metadata().unwrap().len(), 4);
     }
@@ -545,6 +653,7 @@ mod tests {
     fn open_table_counts_opens() {
         let t = OpenTable::default();
         let make = || OpenObject {
+            check: None,
             file: Some(tempfile::tempfile().unwrap()),
             backing: None,
         };
@@ -570,7 +679,7 @@ mod tests {
         let opened = std::cell::Cell::new(0);
         let open = || {
             opened.set(opened.get() + 1);
-            Ok::<_, std::io::Error>(tempfile::tempfile().unwrap())
+            Ok::<_, std::io::Error>((tempfile::tempfile().unwrap(), None))
         };
         let first = recent.get_or_open(1, open).unwrap();
         let again = recent.get_or_open(1, open).unwrap();
@@ -584,7 +693,122 @@ mod tests {
         assert!(first.file.as_ref().unwrap().metadata().is_ok());
         recent.get_or_open(1, open).unwrap();
         assert_eq!(opened.get(), 200);
-        let failed = recent.get_or_open(500, || Err::<File, _>("no such object"));
+        let failed = recent.get_or_open(500, || {
+            Err::<(File, Option<ReadCheck>), _>("no such object")
+        });
         assert_eq!(failed.unwrap_err(), "no such object");
+    }
+
+    /// Every READ is checked: a small object whole, a large one block by block, and a change
+    /// made after a good read is found by the next read of that block.
+    #[test]
+    fn reads_are_checked_block_by_block() {
+        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
+            let small: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+            let large: Vec<u8> = (0..(300 * 4096 + 77u32)).map(|i| (i / 13) as u8).collect();
+            let (ds, dl) = (
+                fsverity::digest(algorithm, &small),
+                fsverity::digest(algorithm, &large),
+            );
+            let (dir, store) = store_with(
+                &[(&ds.object_path(), &small), (&dl.object_path(), &large)],
+                true,
+            );
+            let check_of = |d: Digest, len: usize| {
+                let obj = ObjectRef::new(Some(d), None, len as u64).unwrap();
+                let file = store.open(&obj).unwrap();
+                let check = store.read_check(&obj, &file).expect("checked");
+                (file, check)
+            };
+            let (file, check) = check_of(ds, small.len());
+            store.check_read(&check, &file, 0, &small).unwrap();
+            let (file, check) = check_of(dl, large.len());
+            // First block, a run far in, the short last block.
+            store.check_read(&check, &file, 0, &large[..4096]).unwrap();
+            store
+                .check_read(&check, &file, 200 * 4096, &large[200 * 4096..232 * 4096])
+                .unwrap();
+            store
+                .check_read(&check, &file, 300 * 4096, &large[300 * 4096..])
+                .unwrap();
+            // Tamper with block 250 on disk after those good reads: a read of it fails, one
+            // of earlier blocks still passes.
+            let path = dir.path().join(dl.object_path());
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[250 * 4096 + 9] ^= 0x40;
+            std::fs::write(&path, &bytes).unwrap();
+            let err = store
+                .check_read(&check, &file, 248 * 4096, &bytes[248 * 4096..252 * 4096])
+                .unwrap_err();
+            assert!(err.to_string().contains("block 250"), "{err}");
+            store
+                .check_read(&check, &file, 0, &bytes[..8 * 4096])
+                .unwrap();
+            // A tampered small object fails whole.
+            let mut bad = small.clone();
+            bad[2999] ^= 1;
+            let (file, check) = check_of(ds, small.len());
+            assert!(store.check_read(&check, &file, 0, &bad).is_err());
+            // The wrong size is refused at open.
+            let obj = ObjectRef::new(Some(ds), None, 2999).unwrap();
+            assert!(matches!(
+                store.open(&obj),
+                Err(ObjectError::WrongSize { .. })
+            ));
+        }
+    }
+
+    /// Trees of large objects are saved, reused by the next store, and a saved tree that does
+    /// not belong to the object is dropped and rebuilt.
+    #[test]
+    fn saved_trees_are_reused_and_checked() {
+        let large: Vec<u8> = (0..(2 << 20) + 5u32).map(|i| (i % 251) as u8).collect();
+        let digest = fsverity::digest(Algorithm::Sha512, &large);
+        let objects = tempfile::tempdir().unwrap();
+        let p = objects.path().join(digest.object_path());
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, &large).unwrap();
+        let trees = tempfile::tempdir().unwrap();
+        let open_store = || {
+            let fd = rustix::fs::open(
+                objects.path(),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap();
+            ObjectStore::new(fd, true, crate::verify::open_tree_dir(trees.path()))
+        };
+        let read_some = |store: &ObjectStore| {
+            let obj = ObjectRef::new(Some(digest), None, large.len() as u64).unwrap();
+            let file = store.open(&obj).unwrap();
+            let check = store.read_check(&obj, &file).unwrap();
+            store.check_read(&check, &file, 4096 * 100, &large[4096 * 100..4096 * 132])
+        };
+        read_some(&open_store()).unwrap();
+        let saved = trees.path().join(digest.object_path());
+        let tree = std::fs::read(&saved).expect("the tree was saved");
+        // 513 data blocks: 9 level-0 blocks under one root block.
+        assert_eq!(tree.len(), 10 * 4096);
+        read_some(&open_store()).unwrap();
+        // A damaged saved tree: refused at its root, rebuilt, and the read still passes.
+        let mut damaged = tree.clone();
+        damaged[10] ^= 1;
+        std::fs::write(&saved, &damaged).unwrap();
+        read_some(&open_store()).unwrap();
+        assert_eq!(
+            std::fs::read(&saved).unwrap(),
+            tree,
+            "rebuilt and saved again"
+        );
+        // Damage below the root is found when that block is first needed.
+        let mut damaged = tree.clone();
+        damaged[4096 + 1] ^= 1; // level 0, block 0: not under the read above
+        std::fs::write(&saved, &damaged).unwrap();
+        let store = open_store();
+        read_some(&store).unwrap();
+        let obj = ObjectRef::new(Some(digest), None, large.len() as u64).unwrap();
+        let file = store.open(&obj).unwrap();
+        let check = store.read_check(&obj, &file).unwrap();
+        store.check_read(&check, &file, 0, &large[..4096]).unwrap();
     }
 }

@@ -5,12 +5,12 @@ use std::str::FromStr;
 
 /// The options [`FuseOptions`] understands, for error messages and help texts.
 pub const VALID_OPTIONS: &str =
-    "passthrough, uring, threads=N (N >= 1), verify=on|off, allow_other";
+    "passthrough, uring, threads=N (N >= 1), verify=on|off, trees=DIR, allow_other";
 
 /// How a FUSE session serves an image.
 ///
 /// The text form is a comma-separated list: `passthrough`, `uring`, `threads=N`,
-/// `verify=on|off`, `allow_other`; the empty string means the defaults. [`Display`](fmt::Display) writes the same
+/// `verify=on|off`, `trees=DIR`, `allow_other`; the empty string means the defaults. [`Display`](fmt::Display) writes the same
 /// form back, so options survive a round trip through a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FuseOptions {
@@ -24,10 +24,15 @@ pub struct FuseOptions {
     /// CPU, so a request and its reply never cross CPUs. `threads` then does not apply: there
     /// is one worker per possible CPU. Falls back to `/dev/fuse` when unavailable.
     pub uring: bool,
-    /// Check each object's fs-verity digest against the image on its first open (kernel
-    /// measurement when the object has fs-verity, else computed in userspace). Off and without
-    /// passthrough, files open without any request to the server (zero-message open).
+    /// Check what is read from each object against its fs-verity digest in the image: every
+    /// READ that reaches the server, block by block against the object's Merkle tree (small
+    /// objects whole), unless the object has kernel fs-verity of that digest (the kernel then
+    /// checks). With passthrough, READs never reach the server, so objects are checked whole
+    /// at their first open instead.
     pub verify: bool,
+    /// Where Merkle trees of large objects are kept between mounts (`trees=DIR`; a
+    /// repository's is `cache/verity`). Without one, trees are built in memory on first use.
+    pub trees: Option<std::path::PathBuf>,
     /// Let users other than the mounting one access the mount.
     pub allow_other: bool,
 }
@@ -39,6 +44,7 @@ impl Default for FuseOptions {
             passthrough: false,
             uring: false,
             verify: true,
+            trees: None,
             allow_other: false,
         }
     }
@@ -96,10 +102,12 @@ impl FromStr for FuseOptions {
                 ("verify", Some("on")) => opts.verify = true,
                 ("verify", Some("off")) => opts.verify = false,
                 ("verify", Some(_)) => return Err(bad("expected verify=on or verify=off")),
+                ("trees", Some("")) => return Err(bad("needs a directory")),
+                ("trees", Some(dir)) => opts.trees = Some(dir.into()),
                 ("passthrough" | "uring" | "allow_other", Some(_)) => {
                     return Err(bad("takes no value"))
                 }
-                ("threads" | "verify", None) => return Err(bad("needs a value")),
+                ("threads" | "verify" | "trees", None) => return Err(bad("needs a value")),
                 _ => return Err(bad("unknown option")),
             }
         }
@@ -121,6 +129,9 @@ impl fmt::Display for FuseOptions {
         }
         if !self.verify {
             parts.push("verify=off".into());
+        }
+        if let Some(dir) = &self.trees {
+            parts.push(format!("trees={}", dir.display()));
         }
         if self.allow_other {
             parts.push("allow_other".into());
@@ -156,6 +167,7 @@ mod tests {
                 passthrough: true,
                 uring: true,
                 verify: false,
+                trees: None,
                 allow_other: true
             }
         );

@@ -185,7 +185,14 @@ pub fn serve(
     let fs = ComposefsFs::new(
         map,
         root,
-        ObjectStore::new(objects_fd, opts.verify),
+        ObjectStore::new(
+            objects_fd,
+            opts.verify,
+            opts.trees
+                .as_deref()
+                .filter(|_| opts.verify)
+                .and_then(crate::verify::open_tree_dir),
+        ),
         Arc::clone(&counters),
         opts.passthrough,
         opts.uring,

@@ -1,4 +1,4 @@
-//! The composefs mount (FORMATS.md §7.1): the image as a detached, file-backed EROFS mount,
+//! The composefs mount (docs/formats.md §7.1): the image as a detached, file-backed EROFS mount,
 //! stacked as the only regular lower layer of an overlayfs whose data-only layers are the
 //! object directories.
 
@@ -176,7 +176,7 @@ impl AsFd for DetachedMount {
     }
 }
 
-/// Mount a composefs image (FORMATS.md §7.1) and return the overlay, detached.
+/// Mount a composefs image (docs/formats.md §7.1) and return the overlay, detached.
 ///
 /// 1. EROFS: `fsopen("erofs")`, `ro`, `noacl` unless [`MountRequest::acl`],
 ///    `source=/proc/self/fd/<image>`, create, `fsmount` (never attached; only the overlay ever

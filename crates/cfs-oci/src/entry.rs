@@ -1,4 +1,4 @@
-//! One tar entry, interpreted the way composefs-rs reads layers (FORMATS.md §5.2), plus the
+//! One tar entry, interpreted the way composefs-rs reads layers (docs/formats.md §5.2), plus the
 //! safety rules we add: no absolute paths, no `..`, no sparse files.
 //!
 //! The `tar` crate does the header parsing (GNU long names, PAX `path`/`linkpath`/`size`/

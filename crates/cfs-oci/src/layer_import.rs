@@ -1,4 +1,4 @@
-//! Importing one layer blob as the splitstream `oci-layer-<diff_id>` (FORMATS.md §5.2).
+//! Importing one layer blob as the splitstream `oci-layer-<diff_id>` (docs/formats.md §5.2).
 //!
 //! The blob is decompressed (gzip, possibly multi-member; zstd, possibly multi-frame; or a
 //! plain tar, told apart by their magic bytes) on a thread of its own, which hands the tar over

@@ -4,7 +4,7 @@
 //! splitstream whose file bodies become deduplicated objects, merging the layers into one root
 //! filesystem with the OCI whiteout rules and composefs-rs's finalisation (so image ids equal
 //! composefs-rs's), and storing manifests, configs, the EROFS image and tags the way
-//! composefs-rs 0.9 lays them out (FORMATS.md §5–6). Objects, streams, images, GC and fsck are
+//! composefs-rs 0.9 lays them out (docs/formats.md §5–6). Objects, streams, images, GC and fsck are
 //! `cfs-repo`'s; formats and the tree are `cfs-format`'s; mounting is left to the caller.
 
 pub mod digest;

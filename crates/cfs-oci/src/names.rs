@@ -1,4 +1,4 @@
-//! How OCI things are named in a repository (FORMATS.md §5.3): stream ids, named references
+//! How OCI things are named in a repository (docs/formats.md §5.3): stream ids, named references
 //! and tags.
 //!
 //! ```text

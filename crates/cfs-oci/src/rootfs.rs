@@ -1,4 +1,4 @@
-//! Merging layers into one root filesystem tree (FORMATS.md §6 step 2), then finalising it the
+//! Merging layers into one root filesystem tree (docs/formats.md §6 step 2), then finalising it the
 //! composefs-rs way (§6 step 3, [`transform_for_oci`]).
 //!
 //! Rules, applied per tar entry in layer order:

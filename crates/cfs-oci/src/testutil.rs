@@ -1,5 +1,5 @@
 //! Test fixtures: tar layers built entry by entry (PAX records, raw — even malicious — paths),
-//! compression helpers, hand-written OCI image layouts, the FORMATS.md §6 vector, and the images
+//! compression helpers, hand-written OCI image layouts, the docs/formats.md §6 vector, and the images
 //! every pull must refuse. Compiled for this crate's tests and for other crates' tests through
 //! the `test-util` feature, so that the library's pull tests and cfsctl's `oci pull` tests
 //! build the same images.
@@ -614,7 +614,7 @@ pub fn bad_images() -> Vec<BadImage> {
     out
 }
 
-/// The two layers of the FORMATS.md §6 OCI vector (uncompressed PAX tars).
+/// The two layers of the docs/formats.md §6 OCI vector (uncompressed PAX tars).
 pub fn vector_layers() -> (Vec<u8>, Vec<u8>) {
     let layer1 = tar(&[
         Entry::dir("usr/", 0o755, 1_700_000_000)
@@ -670,7 +670,7 @@ pub fn shared_layers_layout(dir: &Path, extra: Layer) -> Layout {
     layout
 }
 
-/// `cfsctl oci dump` of the vector in a sha256 repository (FORMATS.md §6).
+/// `cfsctl oci dump` of the vector in a sha256 repository (docs/formats.md §6).
 pub const VECTOR_DUMP_SHA256: &str = "/ 0 40755 5 0 0 0 1700000000.0 - - -
 /etc 0 40750 2 0 10 0 1700000100.0 - - -
 /etc/hostname 4 100644 1 0 0 0 1700000101.0 - box\\n -

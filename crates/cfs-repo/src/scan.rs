@@ -1,5 +1,5 @@
 //! Reading a directory on disk into a [`Tree`] with C `mkcomposefs` v1.0.8 semantics
-//! (FORMATS.md §10.3a).
+//! (docs/formats.md §10.3a).
 //!
 //! The scan has two phases. The *metadata* phase walks the source depth-first in sorted order on
 //! the calling thread: `lstat`, symlink targets and xattrs; no regular file is opened. The
@@ -209,7 +209,7 @@ impl ContentSink for HashOnly {
 }
 
 /// Read the directory `root` (never following it if it is a symlink) into a [`Tree`] with
-/// C `mkcomposefs` semantics; see the module documentation and FORMATS.md §10.3a.
+/// C `mkcomposefs` semantics; see the module documentation and docs/formats.md §10.3a.
 pub fn scan_directory(root: &Path, opts: &ScanOptions) -> Result<Tree, ScanError> {
     scan_directory_into(root, opts, &HashOnly)
 }
@@ -832,7 +832,7 @@ mod tests {
         let FileData::External { digest, payload } = &regular(&tree, "/hw").data else {
             panic!("not external");
         };
-        // FORMATS.md §10.3a example A, file s65.
+        // docs/formats.md §10.3a example A, file s65.
         let d = digest.expect("digest");
         assert_eq!(
             d.to_hex(),

@@ -1,4 +1,4 @@
-//! The worked examples A, B and C of FORMATS.md §10.3a, built with the exact shell recipe,
+//! The worked examples A, B and C of docs/formats.md §10.3a, built with the exact shell recipe,
 //! scanned with `mkcomposefs` defaults, and checked against the dumps and image digests that
 //! C `mkcomposefs` v1.0.8 produced for them.
 

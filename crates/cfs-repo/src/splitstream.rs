@@ -1,4 +1,4 @@
-//! The splitstream file format (FORMATS.md §5.1): a byte stream (a tar layer, a JSON document)
+//! The splitstream file format (docs/formats.md §5.1): a byte stream (a tar layer, a JSON document)
 //! stored as zstd-compressed inline chunks plus references to repository objects, so that large
 //! embedded contents are deduplicated in the object store and the original bytes can be
 //! reassembled exactly.

@@ -1,4 +1,4 @@
-//! Filling a digest store (`mkcomposefs --digest-store=DIR`, FORMATS.md §10.3a phase 3): every
+//! Filling a digest store (`mkcomposefs --digest-store=DIR`, docs/formats.md §10.3a phase 3): every
 //! external file of a scanned tree is copied to `DIR/XX/<rest of its digest>`.
 //!
 //! Objects are written to a temporary file in their final directory, synced, then renamed into

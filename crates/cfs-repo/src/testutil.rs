@@ -101,7 +101,7 @@ fn esc(bytes: &[u8], eq: bool) -> String {
     s
 }
 
-/// A dumpfile-like listing of the tree, one line per entry, to compare with FORMATS.md's dumps:
+/// A dumpfile-like listing of the tree, one line per entry, to compare with docs/formats.md's dumps:
 /// `PATH SIZE MODE NLINK UID GID RDEV MTIME PAYLOAD CONTENT DIGEST XATTRS…`. Differences from
 /// composefs-dump: directory SIZE is `-` (the writer computes it), xattrs are sorted by name,
 /// hardlink entries print `@ CANONICAL-INODE-INDEX`.

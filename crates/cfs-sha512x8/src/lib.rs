@@ -19,8 +19,25 @@ pub const DIGEST_LEN: usize = 64;
 /// Blocks hashed together.
 pub const LANES: usize = 8;
 
+/// Environment variable that, in debug builds only (which is what `cargo test` runs), makes
+/// [`available`] answer false, so that tests can run the portable path that users whose CPUs lack
+/// AVX-512 get. Release builds never read it.
+pub const FORCE_PORTABLE_ENV: &str = "CFS_HASH_PORTABLE";
+
+/// Whether the portable path is forced (debug builds with [`FORCE_PORTABLE_ENV`] set), read once.
+fn portable_forced() -> bool {
+    if !cfg!(debug_assertions) {
+        return false;
+    }
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os(FORCE_PORTABLE_ENV).is_some_and(|v| v != "0"))
+}
+
 /// Whether this CPU can hash eight blocks at once (AVX-512F and AVX-512BW), checked once.
 pub fn available() -> bool {
+    if portable_forced() {
+        return false;
+    }
     #[cfg(target_arch = "x86_64")]
     {
         avx512::available()
@@ -41,6 +58,7 @@ pub fn hash_blocks(blocks: &[u8], digests: &mut [u8]) -> usize {
     for (group, out) in blocks
         .chunks_exact(BLOCK_SIZE * LANES)
         .zip(digests.chunks_exact_mut(DIGEST_LEN * LANES))
+        .take_while(|_| !portable_forced())
     {
         if !avx512::hash_group(group, out) {
             break;

@@ -71,29 +71,26 @@ pub fn fuse_serve(
     init_logger();
     let signals = Signals::new([SIGINT, SIGTERM, SIGUSR1]).context("installing signal handlers")?;
     // Hold the repository (shared lock) while serving from it.
+    let mut options = args.options.clone();
     let (_repo, objects) = match &args.objects {
         Some(dir) => (None, dir.clone()),
         None => {
             let repo = open_repo()?;
             let objects = repo.path().join("objects");
+            options.trees.get_or_insert_with(|| repo.verity_tree_dir());
             (Some(repo), objects)
         }
     };
     let image = File::open(&args.image)
         .with_context(|| format!("opening image {}", args.image.display()))?;
-    let session = cfs_fuse::serve(
-        image,
-        ObjectsDir::Path(objects),
-        &args.mountpoint,
-        &args.options,
-    )
-    .with_context(|| {
-        format!(
-            "serving {} at {}",
-            args.image.display(),
-            args.mountpoint.display()
-        )
-    })?;
+    let session = cfs_fuse::serve(image, ObjectsDir::Path(objects), &args.mountpoint, &options)
+        .with_context(|| {
+            format!(
+                "serving {} at {}",
+                args.image.display(),
+                args.mountpoint.display()
+            )
+        })?;
     run_foreground(session, signals)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -144,11 +141,13 @@ fn serve_repo_image(
     let (image, _id) = repo
         .open_image(name)
         .with_context(|| format!("opening image {name}"))?;
+    let mut opts = opts.clone();
+    opts.trees.get_or_insert_with(|| repo.verity_tree_dir());
     cfs_fuse::serve(
         image,
         ObjectsDir::Path(repo.path().join("objects")),
         mountpoint,
-        opts,
+        &opts,
     )
     .with_context(|| format!("serving image {name} at {}", mountpoint.display()))
 }

@@ -1,4 +1,4 @@
-//! `mount.composefs`: mount a composefs image file (FORMATS.md §10.5), as the C tool does, and
+//! `mount.composefs`: mount a composefs image file (docs/formats.md §10.5), as the C tool does, and
 //! as the helper `mount -t composefs IMAGE MOUNTPOINT -o …` runs.
 //!
 //! util-linux calls helpers as `/sbin/mount.composefs SOURCE TARGET [-s] [-f] [-n] [-v]

@@ -21,7 +21,7 @@ fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// FORMATS.md §2.14 `simple`, with its pinned V0 fs-verity digest.
+/// docs/formats.md §2.14 `simple`, with its pinned V0 fs-verity digest.
 const SIMPLE: &str = "/ 0 40755 2 0 0 0 0.0 - - -
 /blkdev 0 60000 1 0 0 123 0.0 - - -
 /chrdev 0 20000 1 0 0 123 0.0 - - -

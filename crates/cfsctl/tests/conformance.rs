@@ -16,9 +16,7 @@ use sha2::{Digest as _, Sha256};
 fn conformance_dir() -> Option<PathBuf> {
     let dir = match std::env::var_os("CFS_CONFORMANCE_DIR") {
         Some(d) => PathBuf::from(d),
-        None => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/composefs-c")
-        }
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/composefs-c"),
     };
     if dir.is_dir() {
         return Some(dir);

@@ -122,7 +122,7 @@ fn image_dump(image: &Path) -> Vec<u8> {
 /// The image's dumpfile as the composefs view presents it, for [`assert_dumps_equal`]: without
 /// `trusted.overlay.opaque` xattrs. The image stores this name escaped, as
 /// `trusted.overlay.overlay.opaque`, which is also the V1 parent marker of escaped whiteouts
-/// (FORMATS.md §2.7; the two cannot be told apart). `composefs-info dump` follows C's image
+/// (docs/formats.md §2.7; the two cannot be told apart). `composefs-info dump` follows C's image
 /// loader and shows it unescaped (so that its dumpfile round-trips through `mkcomposefs`), while
 /// the composefs view that the FUSE server presents (§2.12, §8.1) hides the six marker names —
 /// so a source tree's own `trusted.overlay.opaque` (the `xattrs` directory of
@@ -395,9 +395,11 @@ fn dumpfile_round_trip_over_io_uring_queues() {
                 }
             }
             let counters = server.stop();
+            // Files open without a request (digests are checked on READ), so every external
+            // file's content must have come through READs counted here.
             assert!(
-                counters.get("OPEN") >= external.len() as u64,
-                "-o {opts}: opens were not answered through the counted operations: {counters:?}"
+                counters.get("READ") >= external.len() as u64,
+                "-o {opts}: reads were not answered through the counted operations: {counters:?}"
             );
         }
     }
@@ -620,7 +622,8 @@ fn tampered_and_missing_objects_give_eio() {
         }
         assert!(server.is_running(), "{}", server.log_text());
         let counters = server.stop();
-        assert!(counters.get("OPEN") >= 5, "{counters:?}");
+        // Files open without a request (digests are checked on READ): the READs reached us.
+        assert!(counters.get("READ") >= 5, "{counters:?}");
     }
     assert_nothing_mounted_under(tmp.path());
 }
@@ -969,4 +972,132 @@ fn unreadable_objects_directory_is_refused() {
         assert!(mount_at(&mnt).is_none(), "left a mount behind");
     }
     assert_nothing_mounted_under(tmp.path());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Block-level verification: every READ that reaches the server is checked
+// ---------------------------------------------------------------------------------------------
+
+/// Drop the page cache of the file at `path` (through the mount), so that its next read goes
+/// to the server again.
+fn drop_cached_pages(path: &Path) {
+    let f = fs::File::open(path).unwrap_or_else(|e| panic!("open {path:?}: {e}"));
+    rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed)
+        .unwrap_or_else(|e| panic!("fadvise {path:?}: {e}"));
+}
+
+/// Read `len` bytes at `offset` of the file at `path`, with a timeout.
+fn read_range(path: &Path, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let path = path.to_owned();
+    with_timeout(
+        &format!("reading {}", path.display()),
+        WALK_TIMEOUT,
+        move || {
+            let f = fs::File::open(&path)?;
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        },
+    )
+}
+
+/// A large object tampered far in: reads of earlier blocks succeed, a read of the tampered
+/// block gives EIO (nothing hashes the whole object first). An object changed after a good
+/// read is caught once its pages are dropped from the cache. Run for both digest algorithms
+/// (the SHA-512 one takes the eight-lane path where the CPU has it; `CFS_HASH_PORTABLE=1`
+/// forces the portable one) and with and without saved Merkle trees.
+#[test]
+fn every_read_is_checked_block_by_block() {
+    if !fuse_available("FUSE block-level verification") {
+        return;
+    }
+    for (algorithm, trees) in [("sha256", true), ("sha512", true), ("sha512", false)] {
+        let tmp = test_dir("cfs-fuse-acc-blocks-");
+        {
+            let big = pattern(31, 24 << 20);
+            let files: Vec<(&str, Vec<u8>)> =
+                vec![("big", big.clone()), ("small", pattern(5, 3000))];
+            let src = make_dir(tmp.path(), "src");
+            for (name, content) in &files {
+                fs::write(src.join(name), content).expect("write a source file");
+            }
+            let repo = tmp.path().join("repo");
+            let image = repo_image(&repo, algorithm, &src, "img");
+            let dump = image_dump(&image);
+            let big_object = repo.join("objects").join(object_of(&dump, "big"));
+            let small_object = repo.join("objects").join(object_of(&dump, "small"));
+            let mnt = make_dir(tmp.path(), "mnt");
+            let log = tmp.path().join("serve.log");
+            // Without a usable tree directory (a file is in the way), trees live in memory.
+            let not_a_dir = tmp.path().join("not-a-dir");
+            fs::write(&not_a_dir, b"").expect("write a file");
+            let opts = if trees {
+                String::new()
+            } else {
+                format!("trees={}", not_a_dir.display())
+            };
+            let mut server = serve_from_repo(&repo, &image, &opts, &mnt, &log);
+            let what = format!("{algorithm}, saved trees: {trees}");
+
+            // The first read builds the object's tree (and saves it); then one byte 20 MiB in
+            // is changed in place.
+            let head = read_range(&mnt.join("big"), 0, 1 << 20).expect("the first MiB reads");
+            assert_eq!(head, big[..1 << 20], "{what}");
+            let far = 20u64 << 20;
+            pwrite(&big_object, far + 100, &[big[(far + 100) as usize] ^ 0x10]);
+            let near = read_range(&mnt.join("big"), far - 8192, 8192).expect("just before");
+            assert_eq!(near, big[(far - 8192) as usize..far as usize], "{what}");
+            let r = read_range(&mnt.join("big"), far, 4096);
+            assert_eq!(errno_of(r, "read the tampered block"), eio(), "{what}");
+
+            // Restore it: the block reads again (the failed read cached nothing).
+            pwrite(&big_object, far + 100, &[big[(far + 100) as usize]]);
+            let block = read_range(&mnt.join("big"), far, 4096).expect("restored block");
+            assert_eq!(block, big[far as usize..far as usize + 4096], "{what}");
+
+            // Changed after a verified read: served from the page cache until it is dropped,
+            // then the next read reaches the server and fails.
+            pwrite(&big_object, far + 200, &[big[(far + 200) as usize] ^ 0x01]);
+            drop_cached_pages(&mnt.join("big"));
+            let r = read_range(&mnt.join("big"), far, 4096);
+            assert_eq!(errno_of(r, "read the block changed later"), eio(), "{what}");
+            // The same for a small object, checked whole.
+            assert_eq!(read_file(&mnt.join("small")).expect("small"), files[1].1);
+            let small = fs::read(&small_object).expect("read the small object");
+            pwrite(&small_object, 10, &[small[10] ^ 0x01]);
+            drop_cached_pages(&mnt.join("small"));
+            let r = read_file(&mnt.join("small"));
+            assert_eq!(
+                errno_of(r, "read the small file changed later"),
+                eio(),
+                "{what}"
+            );
+
+            let text = server.log_text();
+            assert!(
+                text.lines().any(|l| l.contains("fails verification")),
+                "{what}: no log line names the failure:\n{text}"
+            );
+            assert!(server.is_running(), "{what}: {text}");
+            server.stop();
+            // A saved tree exists for the big object exactly when a tree directory was used.
+            let saved = repo
+                .join("cache/verity")
+                .join(object_of(&dump, "big"))
+                .exists();
+            assert_eq!(saved, trees, "{what}");
+            if trees {
+                // A new server checks against the saved tree: the object, still changed at
+                // far + 200, serves its first blocks and fails the changed one.
+                let log = tmp.path().join("serve-again.log");
+                let mut server = serve_from_repo(&repo, &image, "", &mnt, &log);
+                let head = read_range(&mnt.join("big"), 0, 4096).expect("the first block");
+                assert_eq!(head, big[..4096], "{what}");
+                let r = read_range(&mnt.join("big"), far, 4096);
+                assert_eq!(errno_of(r, "read the changed block again"), eio(), "{what}");
+                server.stop();
+            }
+        }
+        assert_nothing_mounted_under(tmp.path());
+    }
 }

@@ -30,7 +30,7 @@ use rustix::process::Signal;
 
 /// The differences the FUSE (= dumpfile) view has by design: the source's own
 /// `trusted.overlay.opaque` is stored as `trusted.overlay.overlay.opaque`, a name the composefs
-/// view hides as a whiteout marker (FORMATS.md §2.12).
+/// view hides as a whiteout marker (docs/formats.md §2.12).
 const EXPECTED_DIFFERENCES: &[&str] = &["\"/xattrs\": xattr trusted.overlay.opaque missing"];
 
 /// Compare the mounted tree with the source, allowing only [`EXPECTED_DIFFERENCES`].

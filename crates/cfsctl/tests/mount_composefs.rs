@@ -245,7 +245,7 @@ fn digest_option_checks_the_image() {
     assert!(mount_at(&s.mnt).is_none(), "nothing may be mounted");
 
     // The right digest mounts, named by the digest. It implies verity=require, which this
-    // kernel (no fs-verity, ENVIRONMENT.md §2) enforces by failing reads of external files
+    // kernel (no fs-verity, docs/formats.md §7.3) enforces by failing reads of external files
     // with EIO; inline data still reads.
     run_ok(
         Command::new(s.tool_symlink())

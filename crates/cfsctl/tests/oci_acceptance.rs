@@ -130,7 +130,7 @@ fn check_reference_semantics(root: &Path) {
 }
 
 /// The tree a pull of the image must mount, from umoci's rootfs at `rootfs`: the same, except
-/// for the two rules composefs-rs applies to every OCI image (FORMATS.md §6 step 3, also what
+/// for the two rules composefs-rs applies to every OCI image (docs/formats.md §6 step 3, also what
 /// `cfsctl create-image` does):
 /// - the root directory takes `/usr`'s metadata (mode, owner, mtime, xattrs), whatever the
 ///   layers said about `./` (here mode 0700, which umoci applies to `rootfs`);

@@ -1,4 +1,4 @@
-//! `cfsctl oci …` end to end on hand-written OCI layouts (no network): the FORMATS.md §6
+//! `cfsctl oci …` end to end on hand-written OCI layouts (no network): the docs/formats.md §6
 //! vector pulled from real PAX tar layers gives composefs-rs's image ids, compressions agree,
 //! re-pulls fetch nothing, shared layers are stored once, bad layers fail cleanly, untag + gc
 //! collects exactly the unique objects, `oci layer` gives the tar back. With skopeo installed,

@@ -14,7 +14,7 @@
 //!
 //! All repositories are insecure: this kernel has no fs-verity. composefs-rs mounts a bare hex
 //! image name in an insecure repository with `verity` off, which is what the test uses (names
-//! with `/` would get `verity=require` and EIO here, FORMATS.md §4).
+//! with `/` would get `verity=require` and EIO here, docs/formats.md §4).
 
 #[path = "../../cfsctl/tests/common/mod.rs"]
 mod common;

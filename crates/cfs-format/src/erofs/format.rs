@@ -1,4 +1,4 @@
-//! On-disk constants and field offsets of composefs EROFS images (FORMATS.md §2).
+//! On-disk constants and field offsets of composefs EROFS images (docs/formats.md §2).
 //!
 //! Structures are described by byte offsets rather than `repr(C)` structs so that the writer can
 //! emit them with `to_le_bytes` and the reader can pull fields out of untrusted bytes with bounds

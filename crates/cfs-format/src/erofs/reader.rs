@@ -1,4 +1,4 @@
-//! The validating, zero-copy reader of composefs EROFS images (FORMATS.md §2, §2.12).
+//! The validating, zero-copy reader of composefs EROFS images (docs/formats.md §2, §2.12).
 //!
 //! One reader serves every consumer: `composefs-info dump/ls/objects`, the FUSE server, fsck and
 //! GC. It works on a borrowed `&[u8]` and never copies the image; every offset and length taken

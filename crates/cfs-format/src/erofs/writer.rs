@@ -1,5 +1,5 @@
 //! The composefs EROFS writer, byte-identical to C `mkcomposefs` v1.0.8 for format versions 0
-//! and 1 (FORMATS.md §2.6–2.11).
+//! and 1 (docs/formats.md §2.6–2.11).
 //!
 //! Writing happens in fixed phases, because later ones need numbers earlier ones produce:
 //! rewrite the tree into output nodes (escaping, overlay xattrs, whiteouts, stubs), order the
@@ -923,7 +923,7 @@ mod tests {
         digest(Algorithm::Sha256, &img).to_hex()
     }
 
-    /// FORMATS.md §2.14/§2.15 `empty` and `simple`, built directly as trees.
+    /// docs/formats.md §2.14/§2.15 `empty` and `simple`, built directly as trees.
     #[test]
     fn pinned_empty_and_simple() {
         let mut tree = Tree::new(Metadata {

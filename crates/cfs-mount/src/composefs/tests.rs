@@ -255,7 +255,7 @@ fn verity_require_fails_reads_with_eio_without_kernel_fsverity() {
         .expect("attach");
     // Inline files do not involve the object store.
     assert_eq!(read(&mnt.join("hello")).expect("hello"), b"hello, world\n");
-    // ENVIRONMENT.md §2: this kernel has no fs-verity, so the object cannot be verified.
+    // docs/formats.md §7.3: this kernel has no fs-verity, so the object cannot be verified.
     let err = read(&mnt.join("big")).expect_err("no fs-verity: the read must fail");
     assert_eq!(err.raw_os_error(), Some(Errno::IO.raw_os_error()), "{err}");
 

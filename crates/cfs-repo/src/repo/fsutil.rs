@@ -289,7 +289,7 @@ pub(crate) fn read_fd(fd: BorrowedFd<'_>, limit: u64) -> io::Result<Vec<u8>> {
 
 /// The target of a symlink from `link` (a repository-relative path) to `target` (also
 /// repository-relative): their common leading directories are stripped and one `..` is added per
-/// remaining directory of the link (FORMATS.md §4).
+/// remaining directory of the link (docs/formats.md §4).
 pub(crate) fn relative_target(link: &str, target: &str) -> String {
     let link_dirs: Vec<&str> = {
         let mut v: Vec<&str> = link.split('/').collect();

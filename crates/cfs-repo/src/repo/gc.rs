@@ -1,4 +1,4 @@
-//! Garbage collection (FORMATS.md §4 "GC").
+//! Garbage collection (docs/formats.md §4 "GC").
 //!
 //! Roots are every symlink below `images/refs/` and `streams/refs/`, plus names given
 //! explicitly (matched against the first-level entries of `images/` and `streams/`). An image
@@ -12,6 +12,7 @@
 //! Names go first and objects last, so an interrupted collection leaves unreferenced objects,
 //! never a dangling name. A dry run plans under the shared lock and removes nothing.
 
+use super::VERITY_TREE_DIR;
 use std::collections::HashSet;
 
 use cfs_format::erofs::reader::{self, Image};
@@ -335,6 +336,13 @@ impl Repository {
                 match rustix::fs::unlinkat(self.dir(), item.path.as_str(), AtFlags::empty()) {
                     Ok(()) | Err(Errno::NOENT) => {}
                     Err(e) => return Err(self.io_err(&item.path, e)),
+                }
+                // A removed object's saved Merkle tree (a cache the FUSE server fills) goes too.
+                if item.kind == RemovedKind::Object {
+                    if let Some(rel) = item.path.strip_prefix("objects/") {
+                        let tree = format!("{VERITY_TREE_DIR}/{rel}");
+                        let _ = rustix::fs::unlinkat(self.dir(), tree.as_str(), AtFlags::empty());
+                    }
                 }
                 progress.advance(1);
             }

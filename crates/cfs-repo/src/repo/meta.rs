@@ -1,4 +1,4 @@
-//! `meta.json`, the repository's format description (FORMATS.md §4), as composefs-rs 0.9 writes
+//! `meta.json`, the repository's format description (docs/formats.md §4), as composefs-rs 0.9 writes
 //! and reads it. Pure: parsing and printing only; the repository does the file I/O.
 
 use cfs_format::erofs::FormatVersion;
@@ -164,7 +164,7 @@ impl RepoMeta {
 mod tests {
     use super::*;
 
-    /// FORMATS.md §4: what `cfsctl init` (composefs-rs 0.9.0) writes, 219 bytes.
+    /// docs/formats.md §4: what `cfsctl init` (composefs-rs 0.9.0) writes, 219 bytes.
     const RS_DEFAULT: &str = r#"{
   "version": 1,
   "algorithm": "fsverity-sha512-12",

@@ -1,4 +1,4 @@
-//! The composefs repository (FORMATS.md §4), compatible with composefs-rs 0.9:
+//! The composefs repository (docs/formats.md §4), compatible with composefs-rs 0.9:
 //!
 //! ```text
 //! <repo>/meta.json
@@ -58,6 +58,9 @@ use crate::verity::{self, MeasureError};
 
 /// Largest `meta.json` we read.
 const META_LIMIT: u64 = 1 << 20;
+
+/// The repository-relative directory of saved Merkle trees (see `Repository::verity_tree_dir`).
+const VERITY_TREE_DIR: &str = "cache/verity";
 
 /// Settings of a new repository ([`Repository::init`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,6 +385,14 @@ impl Repository {
     /// The path the repository was opened at.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the FUSE server keeps the Merkle trees of large objects between mounts, so that
+    /// it can check reads block by block without hashing a whole object first. A cache: its
+    /// files are checked against the objects' digests before use, and `gc` removes a tree
+    /// with its object. composefs-rs ignores the directory.
+    pub fn verity_tree_dir(&self) -> std::path::PathBuf {
+        self.path.join(VERITY_TREE_DIR)
     }
 
     /// The fs-verity algorithm of every object id.

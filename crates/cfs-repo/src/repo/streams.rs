@@ -1,5 +1,5 @@
 //! Streams: splitstream objects named `streams/<content-id>`, optionally with refs
-//! `streams/refs/<name>` (FORMATS.md §4, §5). Writing is durable in the repository's order:
+//! `streams/refs/<name>` (docs/formats.md §4, §5). Writing is durable in the repository's order:
 //! the external objects (stored while the stream was built), the splitstream object, a
 //! `syncfs`, then the names.
 

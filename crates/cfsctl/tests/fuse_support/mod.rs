@@ -1,5 +1,5 @@
 //! Support for the FUSE acceptance and stress tests: a `cfsctl fuse-serve` subprocess with its
-//! stderr in a file (killed and its mount detached on drop), the readiness wait of FORMATS.md
+//! stderr in a file (killed and its mount detached on drop), the readiness wait of docs/formats.md
 //! §8.2 (poll every 20 ms until the mount point's `st_dev` changes, fail early if the server
 //! exits, 30 s budget), the request-counter tables the server prints, a guard for the background
 //! server of `cfsctl mount --fuse`, reads with time limits, and the images the tests serve.
@@ -26,7 +26,7 @@ use rustix::process::{kill_process, Pid, Signal};
 
 use crate::common::{mount_at, root_unavailable, run_ok, skip};
 
-/// How long a server may take to mount (FORMATS.md §8.2: 30 s budget).
+/// How long a server may take to mount (docs/formats.md §8.2: 30 s budget).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often readiness is polled.
 pub const READY_POLL: Duration = Duration::from_millis(20);

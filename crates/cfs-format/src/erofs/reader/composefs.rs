@@ -1,4 +1,4 @@
-//! The composefs interpretation of inodes (FORMATS.md §2.12, §8.1): file kinds from the
+//! The composefs interpretation of inodes (docs/formats.md §2.12, §8.1): file kinds from the
 //! overlay xattrs, escaped whiteouts, user-visible xattrs and hidden root stubs.
 
 use std::borrow::Cow;
@@ -160,7 +160,7 @@ pub enum NodeKind<'a> {
     Socket,
 }
 
-/// An inode as composefs presents it (FORMATS.md §2.12): escaped whiteouts are chardev 0:0,
+/// An inode as composefs presents it (docs/formats.md §2.12): escaped whiteouts are chardev 0:0,
 /// external files are recognised from their overlay xattrs, and [`Node::xattrs`] lists only
 /// user-visible xattrs with escaped names unescaped.
 #[derive(Debug, Clone, Copy)]

@@ -1,5 +1,5 @@
 //! `composefs-info dump`, `ls` and `objects` over an image, with C's exact conventions
-//! (FORMATS.md §3.7, §10.4).
+//! (docs/formats.md §3.7, §10.4).
 //!
 //! `dump` follows C's image loader rather than the logical tree of §2.12, because its output
 //! must round-trip through `mkcomposefs` byte for byte: the V1 parent markers

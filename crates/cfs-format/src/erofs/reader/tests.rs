@@ -1,5 +1,5 @@
 //! Reader tests: C conformance vectors round-tripped through `dump`, the worked examples of
-//! FORMATS.md §10.3a, API unit tests, `mkfs.erofs` images, and a mutation proptest that feeds
+//! docs/formats.md §10.3a, API unit tests, `mkfs.erofs` images, and a mutation proptest that feeds
 //! damaged images to every entry point.
 #![allow(
     clippy::unwrap_used,
@@ -78,7 +78,7 @@ fn sha256_hex(data: &[u8]) -> String {
 const ROOT: &str = "/ 0 40755 2 0 0 0 0.0 - - -\n";
 
 // ---------------------------------------------------------------------------------------------
-// Conformance vectors (FORMATS.md §2.14 and §2.16), as dumpfiles.
+// Conformance vectors (docs/formats.md §2.14 and §2.16), as dumpfiles.
 
 fn vectors() -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
@@ -235,7 +235,7 @@ fn vectors_dump_roundtrip() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Worked examples A/B/C of FORMATS.md §10.3a: C `composefs-info dump` output, exactly.
+// Worked examples A/B/C of docs/formats.md §10.3a: C `composefs-info dump` output, exactly.
 
 const EXAMPLE_A: &str = "/ 4096 40755 3 0 0 0 1700000003.1 - - -
 /empty 0 100644 1 0 0 0 1700000000.500000000 - - -

@@ -38,7 +38,7 @@ impl Budget {
     }
 }
 
-/// Rebuild the logical [`Tree`] of a composefs image (FORMATS.md §2.12).
+/// Rebuild the logical [`Tree`] of a composefs image (docs/formats.md §2.12).
 ///
 /// Entries sharing a NID become one inode; the first occurrence in depth-first sorted order is
 /// canonical and later ones are hardlinks. Leaf `nlink` is the image's `i_nlink`. Root stubs
