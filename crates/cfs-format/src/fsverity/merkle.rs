@@ -301,7 +301,9 @@ impl TreeVerifier {
             .checked_mul(BLOCK_SIZE as u64)
             .ok_or_else(misaligned)?;
         let end = start + data.len() as u64;
-        if end > self.layout.size || (end != self.layout.size && data.len() % BLOCK_SIZE != 0) {
+        if end > self.layout.size
+            || (end != self.layout.size && !data.len().is_multiple_of(BLOCK_SIZE))
+        {
             return Err(misaligned());
         }
         if data.is_empty() {
