@@ -32,7 +32,13 @@ fuse_opts() {
     opts="threads=$threads"
     [[ $threads == U ]] && opts="uring"
     [[ $cfg == *-pt* ]] && opts+=",passthrough"
-    [[ $cfg == *-verify ]] || opts+=",verify=off"
+    # verify=on keeps its Merkle trees where a repository mount keeps them (the default a
+    # user gets from `mount --fuse`).
+    if [[ $cfg == *-verify ]]; then
+        opts+=",trees=$work/repo/cache/verity"
+    else
+        opts+=",verify=off"
+    fi
     echo "$opts"
 }
 
