@@ -430,16 +430,7 @@ impl FsVerityHasher {
     /// Finish and return the fs-verity file digest.
     pub fn finish(mut self) -> Digest {
         let root = self.root_hash();
-        let mut descriptor = [0u8; 256];
-        descriptor[0] = 1;
-        descriptor[1] = self.algorithm.kernel_id();
-        descriptor[2] = 12;
-        descriptor[8..16].copy_from_slice(&self.size.to_le_bytes());
-        descriptor[16..16 + root.len()].copy_from_slice(&root);
-        let mut out = [0u8; 64];
-        let dlen = self.algorithm.digest_len();
-        self.algorithm.hash_block(&descriptor, &mut out[..dlen]);
-        Digest::from_bytes(&out[..dlen]).unwrap_or(Digest::Sha256([0; 32]))
+        merkle::digest_from_root(self.algorithm, self.size, &root)
     }
 }
 

@@ -195,11 +195,7 @@ impl Trees {
         }
         let (tree_bytes, actual) = build(object, expected, size)?;
         if actual != *expected {
-            return Err(CheckError::Mismatch(format!(
-                "its fs-verity digest is {} (computed in userspace), the image expects {}",
-                actual.to_id(),
-                expected.to_id()
-            )));
+            return Err(digest_mismatch(&actual, expected));
         }
         if size >= SAVE_MIN {
             self.save(expected, &tree_bytes);
@@ -317,12 +313,16 @@ fn check_whole(
     if actual == *expected {
         Ok(())
     } else {
-        Err(CheckError::Mismatch(format!(
-            "its fs-verity digest is {} (computed in userspace), the image expects {}",
-            actual.to_id(),
-            expected.to_id()
-        )))
+        Err(digest_mismatch(&actual, expected))
     }
+}
+
+fn digest_mismatch(actual: &Digest, expected: &Digest) -> CheckError {
+    CheckError::Mismatch(format!(
+        "its fs-verity digest is {} (computed in userspace), the image expects {}",
+        actual.to_id(),
+        expected.to_id()
+    ))
 }
 
 /// Hash the whole object (its blocks on every CPU) into its tree and digest.
