@@ -303,6 +303,8 @@ pub struct FsVerityHasher {
     size: u64,
     /// `levels[0]` buffers file data; `levels[i]` for i ≥ 1 buffers hashes of level i−1.
     levels: Vec<Level>,
+    /// Every data block's hash so far, when [`FsVerityHasher::keep_leaves`] asked for them.
+    leaves: Option<Vec<u8>>,
 }
 
 impl FsVerityHasher {
@@ -315,7 +317,15 @@ impl FsVerityHasher {
                 buf: Vec::with_capacity(BLOCK_SIZE),
                 blocks_hashed: 0,
             }],
+            leaves: None,
         }
+    }
+
+    /// Keep the hash of every data block from now on (call it before the first
+    /// [`update`](Self::update)), so that [`finish_with_tree`](Self::finish_with_tree) can
+    /// return the whole Merkle tree. It costs one digest per 4 KiB of memory.
+    pub fn keep_leaves(&mut self) {
+        self.leaves.get_or_insert_with(Vec::new);
     }
 
     /// A hasher whose data (`size` bytes) has been hashed already: `leaves` holds the hash of
@@ -373,6 +383,9 @@ impl FsVerityHasher {
             alg.hash_blocks(blocks, &mut hashes);
         }
         self.levels[0].blocks_hashed += n as u64;
+        if let Some(leaves) = &mut self.leaves {
+            leaves.extend_from_slice(&hashes);
+        }
         for h in hashes.chunks(dlen) {
             self.push_hash(1, h);
         }
@@ -387,6 +400,11 @@ impl FsVerityHasher {
         self.algorithm.hash_block(&lvl.buf, &mut out[..dlen]);
         lvl.buf.clear();
         lvl.blocks_hashed += 1;
+        if level == 0 {
+            if let Some(leaves) = &mut self.leaves {
+                leaves.extend_from_slice(&out[..dlen]);
+            }
+        }
         self.push_hash(level + 1, &out[..dlen]);
     }
 
@@ -431,6 +449,26 @@ impl FsVerityHasher {
     pub fn finish(mut self) -> Digest {
         let root = self.root_hash();
         merkle::digest_from_root(self.algorithm, self.size, &root)
+    }
+
+    /// Finish and return the digest and, if [`keep_leaves`](Self::keep_leaves) was called, the
+    /// whole serialised Merkle tree (as [`merkle::build_tree`] makes it; empty for files of at
+    /// most one block).
+    pub fn finish_with_tree(mut self) -> (Digest, Option<Vec<u8>>) {
+        let Some(mut leaves) = self.leaves.take() else {
+            return (self.finish(), None);
+        };
+        let dlen = self.algorithm.digest_len();
+        let partial = &self.levels[0].buf;
+        if !partial.is_empty() {
+            let mut padded = [0u8; BLOCK_SIZE];
+            padded[..partial.len()].copy_from_slice(partial);
+            let mut out = [0u8; 64];
+            self.algorithm.hash_block(&padded, &mut out[..dlen]);
+            leaves.extend_from_slice(&out[..dlen]);
+        }
+        let (tree, digest) = merkle::build_tree(self.algorithm, self.size, &leaves);
+        (digest, Some(tree))
     }
 }
 
@@ -540,6 +578,42 @@ pub fn digest_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hasher_keeping_leaves_gives_the_whole_tree() {
+        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
+            // Empty, one block, short tails, several levels (sha512: 64 hashes a block).
+            for len in [
+                0usize,
+                1,
+                4096,
+                4097,
+                65 * 4096 + 5,
+                300_000,
+                4096 * 64 * 64 + 1,
+            ] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+                let (tree, digest) = merkle::tree_of(algorithm, &data);
+                for piece in [4093usize, 1 << 20] {
+                    let mut h = FsVerityHasher::new(algorithm);
+                    h.keep_leaves();
+                    for chunk in data.chunks(piece) {
+                        h.update(chunk);
+                    }
+                    let (d, t) = h.finish_with_tree();
+                    assert_eq!(d, digest, "{algorithm} len {len}");
+                    assert_eq!(d, super::digest(algorithm, &data), "{algorithm} len {len}");
+                    assert!(
+                        t == Some(tree.clone()),
+                        "{algorithm} len {len} pieces {piece}"
+                    );
+                }
+            }
+            let mut plain = FsVerityHasher::new(algorithm);
+            plain.update(b"no leaves kept");
+            assert_eq!(plain.finish_with_tree().1, None);
+        }
+    }
 
     fn check(data: &[u8], sha256: &str, sha512: &str) {
         assert_eq!(

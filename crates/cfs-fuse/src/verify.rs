@@ -6,9 +6,10 @@
 //! - Larger objects are checked block by block against their Merkle tree (see
 //!   `cfs_format::fsverity::merkle`): a READ hashes only the blocks it returns, plus, the first
 //!   time, the tree blocks above them. The tree comes from the tree cache directory when one is
-//!   given (`<repo>/cache/verity`, written by an earlier mount), checked lazily against the
+//!   given (`<repo>/cache/verity`, written by the importer for objects of at least
+//!   `merkle::SAVED_TREE_MIN` bytes, or by an earlier mount), checked lazily against the
 //!   digest like any untrusted input; otherwise it is built once by hashing the object on all
-//!   CPUs, and saved there for next time.
+//!   CPUs, and saved there (if large enough) for next time.
 //!
 //! Built and loaded trees stay in memory, up to [`TREE_MEMORY`] bytes, oldest dropped first.
 
@@ -27,9 +28,6 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 /// Objects up to this size are checked whole on every READ.
 pub(crate) const WHOLE_FILE_MAX: u64 = 64 << 10;
-/// Trees of objects from this size on are saved in the tree cache directory (smaller ones are
-/// rebuilt in a few milliseconds at most).
-const SAVE_MIN: u64 = 1 << 20;
 /// Bytes of trees kept in memory at most.
 const TREE_MEMORY: u64 = 64 << 20;
 /// Bytes read at a time when building a tree.
@@ -197,7 +195,7 @@ impl Trees {
         if actual != *expected {
             return Err(digest_mismatch(&actual, expected));
         }
-        if size >= SAVE_MIN {
+        if size >= merkle::SAVED_TREE_MIN {
             self.save(expected, &tree_bytes);
         }
         // Built from the object just now, and its root gave the expected digest.

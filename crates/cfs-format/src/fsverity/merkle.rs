@@ -21,6 +21,12 @@ use super::{Algorithm, Digest, BLOCK_SIZE};
 /// Below this many data bytes, hashing stays on the calling thread.
 const PARALLEL_BYTES: usize = 256 << 10;
 
+/// Objects of this size or more have their tree saved on disk where one is kept (a
+/// repository's `cache/verity`), by whoever hashed every block anyway: the importer, or the
+/// first reader that had to build it. Smaller trees are rebuilt in a few milliseconds at most,
+/// and a file per small object would cost more than that.
+pub const SAVED_TREE_MIN: u64 = 1 << 20;
+
 /// Where the levels of a file's Merkle tree are in its serialised form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeLayout {
@@ -169,6 +175,13 @@ pub fn build_tree(algorithm: Algorithm, size: u64, leaves: &[u8]) -> (Vec<u8>, D
     }
     let digest = digest_from_root(algorithm, size, &below[..dlen]);
     (tree, digest)
+}
+
+/// The whole serialised tree of the in-memory `data`, and its digest.
+pub fn tree_of(algorithm: Algorithm, data: &[u8]) -> (Vec<u8>, Digest) {
+    let mut leaves = vec![0u8; data.len().div_ceil(BLOCK_SIZE) * algorithm.digest_len()];
+    hash_data_blocks(algorithm, data, &mut leaves);
+    build_tree(algorithm, data.len() as u64, &leaves)
 }
 
 /// Where a [`TreeVerifier`] gets tree blocks it has not checked yet (a file, memory). What it

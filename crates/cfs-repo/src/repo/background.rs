@@ -38,7 +38,16 @@ use super::{RepoError, Repository};
 const QUEUE_DEPTH: usize = 8;
 
 /// Objects (digest and content) sent to the writer thread together.
-type Batch = Vec<(Digest, Vec<u8>)>;
+type Batch = Vec<Queued>;
+
+/// One object waiting for the writer thread.
+#[derive(Debug)]
+struct Queued {
+    digest: Digest,
+    data: Vec<u8>,
+    /// Its Merkle tree, for a content large enough to keep one (saved if the object is new).
+    tree: Option<Vec<u8>>,
+}
 
 /// New object bytes after which a background `syncfs` is requested.
 const FLUSH_EVERY: u64 = 32 << 20;
@@ -132,9 +141,9 @@ impl ObjectWriter<'_> {
     /// Queue `data` as an object and return its digest. The object is durable only after the
     /// writer has finished and the repository is synced, as with any other object write.
     pub fn store(&mut self, data: Vec<u8>) -> Result<Digest, RepoError> {
-        let digest = fsverity::digest(self.repo.algorithm(), &data);
+        let (digest, tree) = self.repo.digest_keeping_tree(&data);
         self.queue
-            .send(vec![(digest, data)])
+            .send(vec![Queued { digest, data, tree }])
             .map_err(|_| RepoError::WriterStopped)?;
         Ok(digest)
     }
@@ -142,11 +151,33 @@ impl ObjectWriter<'_> {
     /// Queue several contents as objects and return their digests, in order. Hashing them
     /// together is faster than one at a time ([`fsverity::digest_many`]).
     pub fn store_many(&mut self, contents: Vec<Vec<u8>>) -> Result<Vec<Digest>, RepoError> {
-        let digests = fsverity::digest_many(self.repo.algorithm(), &contents);
+        // Large contents keep their trees; the rest are hashed together.
+        let (large, small): (Vec<usize>, Vec<usize>) =
+            (0..contents.len()).partition(|&i| Repository::wants_tree(contents[i].len() as u64));
+        let mut hashed: Vec<(Digest, Option<Vec<u8>>)> = Vec::with_capacity(contents.len());
+        if large.is_empty() {
+            hashed.extend(
+                fsverity::digest_many(self.repo.algorithm(), &contents)
+                    .into_iter()
+                    .map(|d| (d, None)),
+            );
+        } else {
+            let small_contents: Vec<&[u8]> = small.iter().map(|&i| &contents[i][..]).collect();
+            let small_digests = fsverity::digest_many(self.repo.algorithm(), &small_contents);
+            let mut slots: Vec<Option<(Digest, Option<Vec<u8>>)>> = vec![None; contents.len()];
+            for (&i, digest) in small.iter().zip(small_digests) {
+                slots[i] = Some((digest, None));
+            }
+            for &i in &large {
+                slots[i] = Some(self.repo.digest_keeping_tree(&contents[i]));
+            }
+            hashed.extend(slots.into_iter().flatten());
+        }
+        let digests: Vec<Digest> = hashed.iter().map(|(d, _)| *d).collect();
         // Batches of at most MAX_OBJECT bytes (or one larger object), for the memory bound.
         let mut batch = Batch::new();
         let mut batch_bytes = 0;
-        for (digest, data) in digests.iter().zip(contents) {
+        for ((digest, tree), data) in hashed.into_iter().zip(contents) {
             if !batch.is_empty() && batch_bytes + data.len() > Self::MAX_OBJECT {
                 self.queue
                     .send(std::mem::take(&mut batch))
@@ -154,7 +185,7 @@ impl ObjectWriter<'_> {
                 batch_bytes = 0;
             }
             batch_bytes += data.len();
-            batch.push((*digest, data));
+            batch.push(Queued { digest, data, tree });
         }
         if !batch.is_empty() {
             self.queue
@@ -210,9 +241,9 @@ impl Repository {
                 .name("cfs-objects".into())
                 .spawn_scoped(scope, move || {
                     let mut counts = WriteCounts::default();
-                    for (digest, data) in incoming.into_iter().flatten() {
+                    for Queued { digest, data, tree } in incoming.into_iter().flatten() {
                         let size = data.len() as u64;
-                        if self.store_bytes(&data, digest)? {
+                        if self.store_keeping_tree(&data, digest, tree.as_deref())? {
                             counts.new += 1;
                             counts.bytes_new += size;
                             writeback.wrote(size);

@@ -33,6 +33,7 @@ mod lock;
 pub mod meta;
 mod objects;
 mod streams;
+mod trees;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -229,14 +229,17 @@ impl Repository {
         if n < buf.len() {
             // All of it fits in memory: hash first, so a duplicate is never written at all.
             let data = &buf[..n];
-            let digest = fsverity::digest(self.algorithm(), data);
-            let fresh = self.store_bytes(data, digest)?;
+            let (digest, tree) = self.digest_keeping_tree(data);
+            let fresh = self.store_keeping_tree(data, digest, tree.as_deref())?;
             return Ok((digest, fresh, n as u64));
         }
         let objects = self.objects_dir()?;
         let tmp = fsutil::create_tmpfile(objects, &self.no_tmpfile)
             .map_err(|e| self.io_err("objects", e))?;
         let mut hasher = FsVerityHasher::new(self.algorithm());
+        if size_hint.is_none_or(Self::wants_tree) {
+            hasher.keep_leaves();
+        }
         // `buf[..n]` holds the first `first` bytes; continue with full-size chunks.
         buf.resize(IMPORT_CHUNK.max(first), 0);
         let copied = loop {
@@ -255,7 +258,7 @@ impl Repository {
             return Err(e);
         }
         let size = hasher.size();
-        let digest = hasher.finish();
+        let (digest, tree) = hasher.finish_with_tree();
         let presence = match self.presence(&digest, size) {
             Ok(Presence::Present) => {
                 tmp.discard(objects);
@@ -268,6 +271,9 @@ impl Repository {
             }
         };
         let fresh = self.commit(tmp, &digest, presence)?;
+        if let (true, Some(tree)) = (fresh && Self::wants_tree(size), tree) {
+            self.save_verity_tree(&digest, &tree);
+        }
         Ok((digest, fresh, size))
     }
 
