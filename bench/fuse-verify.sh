@@ -3,10 +3,12 @@
 # to verify=off, passthrough, the kernel mount (EROFS + overlayfs) and squashfuse_ll, on the
 # generated tree of bench/gen_tree.py (FILES files, most small, plus one 512 MiB file).
 # Workloads: `tar cf - . | cat` cold (remount and drop caches before each run) and warm, `cat` of
-# the 512 MiB file cold, and the time to the first 4 KiB of that file on a fresh mount, with the
-# file's Merkle tree saved by an earlier mount (the usual case) and without (the first read
-# after import builds it). Prints Markdown on stdout, progress on stderr.
-# Usage: bench/fuse-verify.sh       (root; env RUNS (default 5), FILES (default 50000))
+# the 512 MiB file cold, the time to the first 4 KiB of that file on a fresh mount, with the
+# file's Merkle tree saved by the importer (the usual case) and without (a repository another
+# tool filled: the first read builds it), and the mount-ready time of each way to mount
+# (bench/mount_ready.py). Prints Markdown on stdout, progress on stderr.
+# Usage: bench/fuse-verify.sh       (root; env RUNS (default 5), FILES (default 50000),
+#                                    READY_RUNS (default 21))
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "fuse-verify.sh: must run as root" >&2; exit 1; }
@@ -41,10 +43,6 @@ mnt=$work/mnt/syn
 cfgs=(kernel fuse-N-verify fuse-N fuse-N-pt squashfuse_ll)
 for cfg in "${cfgs[@]}"; do
     remount "$cfg"
-    if [[ $cfg == fuse-N-verify ]]; then
-        # The usual case: the big file was read once since import, so its tree is saved.
-        cat "$mnt/big/seq.bin" >/dev/null
-    fi
     hyperfine --warmup 1 --runs "$runs" --export-json "$work/res/tar.warm.$cfg.json" \
         "cd $mnt && tar cf - . | cat" >/dev/null
     hyperfine --runs "$runs" --prepare "bench/fuse.sh --remount $cfg syn" \
@@ -98,6 +96,28 @@ for cfg in "${cfgs[@]}"; do
     echo "| $name | $tc | $(ratio "$tc" "$off_tar_cold") | $(ratio "$tc" "$k_tar_cold") | $tw | $cc | $(ratio "$cc" "$off_cat") |"
 done
 echo
-echo "First 4 KiB of the 512 MiB file on a fresh, cold mount (median ms): verify=on with its saved"
-echo "tree $(med "${fb_saved[@]}"); verify=off $(med "${fb_off[@]}"); verify=on without a saved tree"
-echo "(the first read after import builds it) $(med "${fb_first[@]}")."
+echo "First 4 KiB of the 512 MiB file on a fresh, cold mount (median ms): verify=on with the tree"
+echo "the importer saved $(med "${fb_saved[@]}"); verify=off $(med "${fb_off[@]}"); verify=on without"
+echo "a saved tree (a repository another tool filled: the first read builds it) $(med "${fb_first[@]}")."
+
+# Mount-ready time, warm caches, on the same image.
+progress "mount-ready time"
+umount "$mnt" 2>/dev/null || true
+[[ -s $work/pid.syn ]] && { kill -TERM "$(cat "$work/pid.syn")" 2>/dev/null || true; sleep 1; }
+python3 bench/mount_ready.py "$bin/cfsctl" "$work/repo" syn "$mnt" "${READY_RUNS:-21}" \
+    "$work/syn.sqfs" >"$work/res/ready"
+echo
+echo "Mount ready (ms from starting the command until the mount point's st_dev changes, i.e. the"
+echo "new filesystem answers a stat; warm caches; median of ${READY_RUNS:-21} (min–max)):"
+echo
+echo "| command | median ms | min | max | × kernel |"
+echo "|---|---|---|---|---|"
+python3 - "$work/res/ready" <<'PY'
+import statistics, sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+kernel = statistics.median(float(x) for x in rows[0][1:])
+for label, *ms in rows:
+    ms = [float(x) for x in ms]
+    m = statistics.median(ms)
+    print(f"| {label} | {m:.2f} | {min(ms):.2f} | {max(ms):.2f} | {m / kernel:.2f} |")
+PY

@@ -335,7 +335,11 @@ def daemon_pid():
                 cmd = open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")
             except OSError:
                 continue
-            if b"internal-fuse-daemon" in cmd and mnt.encode() in cmd:
+            # The server is a fork of `cfsctl … mount --fuse… TREE MNT` or, when that cannot
+            # fork, `cfsctl … internal-fuse-daemon … MNT`.
+            server = b"internal-fuse-daemon" in cmd or (
+                b"mount" in cmd and any(a.startswith(b"--fuse") for a in cmd))
+            if server and mnt.encode() in cmd and int(p) != os.getpid():
                 return int(p)
     return None
 

@@ -13,9 +13,14 @@
 //! Serving: one worker per CPU by default, each on its own cloned `/dev/fuse` fd; lookups
 //! binary-search directory blocks; readdir resumes in O(1); READDIRPLUS, PARALLEL_DIROPS,
 //! CACHE_SYMLINKS, the largest readahead and infinite entry/attribute timeouts are negotiated;
-//! opens keep the page cache. External files are verified against their fs-verity digest on
-//! their first open (kernel measurement, or computed in userspace) and optionally read through
-//! FUSE passthrough. Damage found while serving gives EIO for that request, never a crash.
+//! opens keep the page cache. With `verify=on` (the default) every READ of an external file
+//! that reaches the server is checked against the file's fs-verity digest, as kernel fs-verity
+//! checks every page it reads in: small files whole, larger ones block by block against their
+//! Merkle tree. Files can be read through FUSE passthrough instead (checked whole at open).
+//! Damage found while serving gives EIO for that request, never a crash.
+//!
+//! [`serve`] mounts and serves in one call; [`mount`] and [`MountedFs::serve`] split the two,
+//! so that a daemon can fork after mounting.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,4 +50,4 @@ mod verify;
 
 pub use counters::{Counters, Op};
 pub use options::{FuseOptions, ParseOptionsError, VALID_OPTIONS};
-pub use session::{serve, FuseError, FuseSession, ObjectsDir};
+pub use session::{mount, serve, FuseError, FuseSession, MountedFs, ObjectsDir};

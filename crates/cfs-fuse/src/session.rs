@@ -136,7 +136,7 @@ pub(crate) fn validate(bytes: &[u8]) -> Result<Nid, ReadError> {
 }
 
 /// Serve the composefs image `image` over FUSE at `mountpoint`, with external file contents
-/// from `objects`.
+/// from `objects`: [`mount`], then [`MountedFs::serve`].
 ///
 /// Returns once the mount is in place and answering (the kernel handshake is done and the
 /// mount point shows the new filesystem). The image is mapped, not read: startup does O(1)
@@ -148,6 +148,20 @@ pub fn serve(
     mountpoint: &Path,
     opts: &FuseOptions,
 ) -> Result<FuseSession, FuseError> {
+    mount(image, objects, mountpoint, opts)?.serve()
+}
+
+/// Check everything and mount the image at `mountpoint`, on the calling thread and without
+/// starting any thread: the mount point shows the new filesystem when this returns, and the
+/// kernel holds every request on it until [`MountedFs::serve`] answers. So a caller that must
+/// return once the mount is in place can fork in between and serve from the child (`cfsctl
+/// mount --fuse`), which no thread would survive.
+pub fn mount(
+    image: File,
+    objects: ObjectsDir,
+    mountpoint: &Path,
+    opts: &FuseOptions,
+) -> Result<MountedFs, FuseError> {
     let started = Instant::now();
     let map = ImageMap::new(image).map_err(FuseError::MapImage)?;
     let root = validate(map.bytes())?;
@@ -204,55 +218,110 @@ pub fn serve(
             path: mountpoint.clone(),
             source,
         })?;
-    let session = start(fs, dev_fuse, opts);
-    let (bg, uring) = match session {
-        Ok(started) => started,
-        Err(e) => {
-            let _ = rustix::mount::unmount(&mountpoint, UnmountFlags::DETACH);
-            return Err(FuseError::Session(e));
-        }
-    };
-    let mut session = FuseSession {
-        bg: Some(bg),
-        uring,
+    Ok(MountedFs {
+        fs: Some(fs),
+        dev_fuse: Some(dev_fuse),
         mountpoint,
-        dev: 0,
+        before_dev: before.st_dev,
         counters,
-    };
-    // Answering: a stat of the mount point goes through the new filesystem.
-    match rustix::fs::stat(&session.mountpoint) {
-        Ok(st) if st.st_dev != before.st_dev => session.dev = st.st_dev,
-        Ok(_) => {
-            return Err(FuseError::Mount {
-                path: session.mountpoint.clone(),
-                source: io::Error::other("the mount did not appear at the mount point"),
-            })
+        opts: opts.clone(),
+        started,
+    })
+}
+
+/// An image mounted by [`mount`] and not served yet. Dropping it unmounts it; after a fork,
+/// the process that does not serve lets go of it with [`release`](Self::release).
+#[derive(Debug)]
+pub struct MountedFs {
+    fs: Option<ComposefsFs>,
+    dev_fuse: Option<OwnedFd>,
+    mountpoint: PathBuf,
+    before_dev: u64,
+    counters: Arc<Counters>,
+    opts: FuseOptions,
+    started: Instant,
+}
+
+impl MountedFs {
+    /// Where it is mounted (canonical).
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Close this process's handles on the mount without unmounting it: another process (a
+    /// fork) serves it.
+    pub fn release(mut self) {
+        self.fs = None;
+        self.dev_fuse = None;
+    }
+
+    /// Answer the kernel's handshake and start the workers. Returns once the mount answers.
+    pub fn serve(mut self) -> Result<FuseSession, FuseError> {
+        let (Some(fs), Some(dev_fuse)) = (self.fs.take(), self.dev_fuse.take()) else {
+            return Err(FuseError::Session(io::Error::other("already released")));
+        };
+        let mountpoint = std::mem::take(&mut self.mountpoint);
+        let opts = &self.opts;
+        let (bg, uring) = match start(fs, dev_fuse, opts) {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = rustix::mount::unmount(&mountpoint, UnmountFlags::DETACH);
+                return Err(FuseError::Session(e));
+            }
+        };
+        let mut session = FuseSession {
+            bg: Some(bg),
+            uring,
+            mountpoint,
+            dev: 0,
+            counters: Arc::clone(&self.counters),
+        };
+        // Answering: a stat of the mount point goes through the new filesystem.
+        match rustix::fs::stat(&session.mountpoint) {
+            Ok(st) if st.st_dev != self.before_dev => session.dev = st.st_dev,
+            Ok(_) => {
+                return Err(FuseError::Mount {
+                    path: session.mountpoint.clone(),
+                    source: io::Error::other("the mount did not appear at the mount point"),
+                })
+            }
+            Err(e) => {
+                // Our mount is there but does not answer: take it away again.
+                let _ = rustix::mount::unmount(&session.mountpoint, UnmountFlags::DETACH);
+                return Err(FuseError::Mount {
+                    path: session.mountpoint.clone(),
+                    source: e.into(),
+                });
+            }
         }
-        Err(e) => {
-            // Our mount is there but does not answer: take it away again.
-            let _ = rustix::mount::unmount(&session.mountpoint, UnmountFlags::DETACH);
-            return Err(FuseError::Mount {
-                path: session.mountpoint.clone(),
-                source: e.into(),
-            });
+        let workers = match &session.uring {
+            Some(u) => format!("{} io_uring queue worker(s)", u.queues()),
+            None => format!("{} worker thread(s)", opts.worker_threads()),
+        };
+        log::info!(
+            "serving at {} ({workers}{}{}; ready in {:.2} ms)",
+            session.mountpoint.display(),
+            if opts.passthrough {
+                ", passthrough requested"
+            } else {
+                ""
+            },
+            if opts.verify { "" } else { ", verify=off" },
+            self.started.elapsed().as_secs_f64() * 1e3,
+        );
+        Ok(session)
+    }
+}
+
+impl Drop for MountedFs {
+    fn drop(&mut self) {
+        // Mounted but never served (an error on the way, or dropped): nothing else will ever
+        // answer this mount, so take it away. Closing /dev/fuse first fails any waiting
+        // request instead of leaving it hanging.
+        if self.dev_fuse.take().is_some() {
+            let _ = rustix::mount::unmount(&self.mountpoint, UnmountFlags::DETACH);
         }
     }
-    let workers = match &session.uring {
-        Some(u) => format!("{} io_uring queue worker(s)", u.queues()),
-        None => format!("{} worker thread(s)", opts.worker_threads()),
-    };
-    log::info!(
-        "serving at {} ({workers}{}{}; ready in {:.2} ms)",
-        session.mountpoint.display(),
-        if opts.passthrough {
-            ", passthrough requested"
-        } else {
-            ""
-        },
-        if opts.verify { "" } else { ", verify=off" },
-        started.elapsed().as_secs_f64() * 1e3,
-    );
-    Ok(session)
 }
 
 /// Mount a FUSE filesystem at `mountpoint` (read-only, kernel permission checks) and return

@@ -1,8 +1,9 @@
 //! `cfsctl fuse-serve` and `cfsctl mount --fuse`: the FUSE server of `cfs-fuse` from the command
 //! line. Serving runs in the foreground until SIGINT/SIGTERM (clean unmount) or an unmount from
 //! outside; the request counters go to stderr at exit and on SIGUSR1. `mount --fuse` without
-//! `--foreground` re-executes `cfsctl` as a detached background server (a hidden subcommand)
-//! and returns once the mount answers.
+//! `--foreground` forks a detached background server (or, if the process already runs other
+//! threads, re-executes `cfsctl` as one through a hidden subcommand) and returns once the mount
+//! answers.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -10,8 +11,7 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use cfs_fuse::{FuseOptions, FuseSession, ObjectsDir};
@@ -19,6 +19,8 @@ use cfs_repo::repo::Repository;
 use clap::Args;
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
+
+use crate::sys::Forked;
 
 /// How long `mount --fuse` waits for the background server to answer.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -120,16 +122,54 @@ pub fn daemon(
     open_repo: impl FnOnce() -> Result<Repository>,
 ) -> Result<ExitCode> {
     init_logger();
-    let signals = Signals::new([SIGINT, SIGTERM, SIGUSR1]).context("installing signal handlers")?;
     let repo = open_repo()?;
-    let session = serve_repo_image(&repo, &args.name, &args.mountpoint, &args.options)?;
+    serve_detached(&repo, &args.name, &args.mountpoint, &args.options)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The re-executed daemon's work: its stderr goes to the waiting parent until the mount
+/// answers, then to /dev/null.
+fn serve_detached(
+    repo: &Repository,
+    name: &str,
+    mountpoint: &Path,
+    opts: &FuseOptions,
+) -> Result<()> {
+    let signals = Signals::new([SIGINT, SIGTERM, SIGUSR1]).context("installing signal handlers")?;
+    let session = serve_repo_image(repo, name, mountpoint, opts)?;
+    detach_stderr()?;
+    run_foreground(session, signals)
+}
+
+/// Point stderr at /dev/null: a waiting parent reading our stderr sees EOF.
+fn detach_stderr() -> Result<()> {
     let null = File::options()
         .write(true)
         .open("/dev/null")
         .context("opening /dev/null")?;
     rustix::stdio::dup2_stderr(&null).context("detaching stderr")?;
-    run_foreground(session, signals)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// Mount the repository's image `name` (not served yet).
+fn mount_repo_image(
+    repo: &Repository,
+    name: &str,
+    mountpoint: &Path,
+    opts: &FuseOptions,
+) -> Result<cfs_fuse::MountedFs> {
+    let (image, _id) = repo
+        .open_image(name)
+        .with_context(|| format!("opening image {name}"))?;
+    let mut opts = opts.clone();
+    opts.trees.get_or_insert_with(|| repo.verity_tree_dir());
+    cfs_fuse::mount(
+        image,
+        ObjectsDir::Path(repo.path().join("objects")),
+        mountpoint,
+        &opts,
+    )
+    .with_context(|| format!("mounting image {name} at {}", mountpoint.display()))
 }
 
 fn serve_repo_image(
@@ -138,18 +178,9 @@ fn serve_repo_image(
     mountpoint: &Path,
     opts: &FuseOptions,
 ) -> Result<FuseSession> {
-    let (image, _id) = repo
-        .open_image(name)
-        .with_context(|| format!("opening image {name}"))?;
-    let mut opts = opts.clone();
-    opts.trees.get_or_insert_with(|| repo.verity_tree_dir());
-    cfs_fuse::serve(
-        image,
-        ObjectsDir::Path(repo.path().join("objects")),
-        mountpoint,
-        &opts,
-    )
-    .with_context(|| format!("serving image {name} at {}", mountpoint.display()))
+    mount_repo_image(repo, name, mountpoint, opts)?
+        .serve()
+        .with_context(|| format!("serving image {name} at {}", mountpoint.display()))
 }
 
 /// Serve until SIGINT/SIGTERM (then unmount) or until unmounted from outside; print the
@@ -191,9 +222,11 @@ fn run_foreground(session: FuseSession, mut signals: Signals) -> Result<()> {
     }
 }
 
-/// Start `cfsctl --repo PATH internal-fuse-daemon …` detached (own process group, stdin and
-/// stdout on /dev/null, stderr a pipe to us) and wait until the mount answers: the child
-/// closes its stderr once serving, or exits with an error we pass on.
+/// Start the background server detached (own session, stdin and stdout on /dev/null, stderr
+/// a pipe to us) and wait until the mount answers: the server closes its stderr once serving,
+/// or exits with an error we pass on. While this process runs a single thread, it mounts
+/// itself and forks the server, so the mount is in place before any second process starts;
+/// otherwise the server is `cfsctl --repo PATH internal-fuse-daemon …`.
 fn spawn_background(
     repo: &Repository,
     name: &str,
@@ -207,6 +240,129 @@ fn spawn_background(
     let before = rustix::fs::stat(mountpoint)
         .with_context(|| format!("mount point {}", mountpoint.display()))?
         .st_dev;
+    if !crate::sys::single_threaded() {
+        return spawn_reexec(repo, name, mountpoint, before, opts);
+    }
+    let mounted = mount_repo_image(repo, name, mountpoint, opts)?;
+    let (from_server, to_parent) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).context("creating a pipe")?;
+    let mut server = match crate::sys::fork_if_single_threaded() {
+        Ok(Some(Forked::Child)) => {
+            drop(from_server);
+            std::process::exit(forked_server(mounted, to_parent))
+        }
+        Ok(Some(Forked::Parent(pid))) => {
+            drop(to_parent);
+            mounted.release();
+            Server::Forked(pid)
+        }
+        // Dropping `mounted` unmounts it.
+        Ok(None) => bail!("cannot start the background FUSE server: another thread started"),
+        Err(e) => return Err(e).context("starting the background FUSE server"),
+    };
+    let text = read_until_ready(File::from(from_server), &mut server)?;
+    finish_waiting(server, mountpoint, before, &text)
+}
+
+/// The forked server: detach from the caller's session and terminal, answer the mount, tell
+/// the parent (by closing its end of the pipe) and serve on. Returns the exit code.
+fn forked_server(mounted: cfs_fuse::MountedFs, to_parent: std::os::fd::OwnedFd) -> i32 {
+    let _ = rustix::process::setsid();
+    // Everything is open and resolved; do not keep the caller's directory busy.
+    let _ = rustix::process::chdir("/");
+    let detached = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .and_then(|null| {
+            rustix::stdio::dup2_stdin(&null)?;
+            rustix::stdio::dup2_stdout(&null)?;
+            rustix::stdio::dup2_stderr(&to_parent)?;
+            Ok(())
+        });
+    drop(to_parent);
+    if detached.is_err() {
+        return 1;
+    }
+    init_logger();
+    let served = Signals::new([SIGINT, SIGTERM, SIGUSR1])
+        .context("installing signal handlers")
+        .and_then(|signals| {
+            let session = mounted.serve().context("serving")?;
+            detach_stderr()?;
+            run_foreground(session, signals)
+        });
+    match served {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cfsctl: {}", crate::error_chain(&e));
+            1
+        }
+    }
+}
+
+/// The background server being waited for.
+enum Server {
+    Forked(rustix::process::Pid),
+    Spawned(std::process::Child),
+}
+
+impl Server {
+    fn kill(&mut self) {
+        match self {
+            Server::Forked(pid) => {
+                let _ = rustix::process::kill_process(*pid, rustix::process::Signal::KILL);
+                let _ = rustix::process::waitpid(Some(*pid), rustix::process::WaitOptions::empty());
+            }
+            Server::Spawned(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// The exit status if the server has exited (without waiting when `block` is false).
+    fn exit_status(&mut self, block: bool) -> Result<Option<String>> {
+        match self {
+            Server::Forked(pid) => {
+                let options = if block {
+                    rustix::process::WaitOptions::empty()
+                } else {
+                    rustix::process::WaitOptions::NOHANG
+                };
+                let status = rustix::process::waitpid(Some(*pid), options)
+                    .context("waiting for the background FUSE server")?;
+                Ok(status.map(|(_, status)| match status.exit_status() {
+                    Some(code) => format!("exit status: {code}"),
+                    None => format!("{status:?}"),
+                }))
+            }
+            Server::Spawned(child) => {
+                let status = if block {
+                    Some(
+                        child
+                            .wait()
+                            .context("waiting for the background FUSE server")?,
+                    )
+                } else {
+                    child
+                        .try_wait()
+                        .context("waiting for the background FUSE server")?
+                };
+                Ok(status.map(|s| s.to_string()))
+            }
+        }
+    }
+}
+
+/// `cfsctl --repo PATH internal-fuse-daemon …`, for when this process cannot fork soundly.
+fn spawn_reexec(
+    repo: &Repository,
+    name: &str,
+    mountpoint: &Path,
+    before: u64,
+    opts: &FuseOptions,
+) -> Result<()> {
     let repo_path = repo
         .path()
         .canonicalize()
@@ -227,48 +383,74 @@ fn spawn_background(
         .process_group(0)
         .spawn()
         .context("starting the background FUSE server")?;
-    let mut stderr = child.stderr.take().context("no stderr pipe")?;
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut text = Vec::new();
-        let _ = stderr.read_to_end(&mut text);
-        let _ = tx.send(text);
-    });
-    let start = Instant::now();
-    let text = loop {
-        match rx.recv_timeout(Duration::from_millis(10)) {
-            Ok(text) => break text,
-            Err(mpsc::RecvTimeoutError::Timeout) if start.elapsed() < READY_TIMEOUT => continue,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "the background FUSE server did not get ready within {} s",
-                    READY_TIMEOUT.as_secs()
-                );
-            }
+    let stderr = child.stderr.take().context("no stderr pipe")?;
+    let mut server = Server::Spawned(child);
+    let text = read_until_ready(File::from(std::os::fd::OwnedFd::from(stderr)), &mut server)?;
+    finish_waiting(server, mountpoint, before, &text)
+}
+
+/// Everything the server writes to `from_server` until it closes it (it is serving, or it
+/// exited), within [`READY_TIMEOUT`]. Read on this thread with `poll`: starting a reader
+/// thread would compete with the server for the CPU just when it is mounting.
+fn read_until_ready(mut from_server: File, server: &mut Server) -> Result<Vec<u8>> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            server.kill();
+            bail!(
+                "the background FUSE server did not get ready within {} s",
+                READY_TIMEOUT.as_secs()
+            );
         }
-    };
-    // EOF: either the child is serving (and detached its stderr) or it exited.
+        let timeout = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        let mut fds = [PollFd::new(&from_server, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e).context("waiting for the background FUSE server"),
+        }
+        match from_server.read(&mut chunk) {
+            Ok(0) => return Ok(text),
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading from the background FUSE server"),
+        }
+    }
+}
+
+/// After the server closed its end: Ok if the mount is there and the server runs, else the
+/// server's own message.
+fn finish_waiting(mut server: Server, mountpoint: &Path, before: u64, text: &[u8]) -> Result<()> {
     let mounted = rustix::fs::stat(mountpoint).is_ok_and(|st| st.st_dev != before);
     if mounted {
-        if let Ok(Some(status)) = child.try_wait() {
+        if let Some(status) = server.exit_status(false)? {
             bail!(
                 "the background FUSE server exited ({status}): {}",
-                String::from_utf8_lossy(&text).trim()
+                String::from_utf8_lossy(text).trim()
             );
         }
         return Ok(());
     }
-    let status = child
-        .wait()
-        .context("waiting for the background FUSE server")?;
-    let msg = String::from_utf8_lossy(&text);
+    let status = match server.exit_status(true)? {
+        Some(status) => status,
+        None => {
+            server.kill();
+            "killed".to_owned()
+        }
+    };
+    let msg = String::from_utf8_lossy(text);
     let msg = msg.trim();
     if msg.is_empty() {
         bail!("the background FUSE server exited ({status}) without mounting");
     }
-    // The child already says "cfsctl: …"; pass its message on without repeating the prefix.
+    // The server already says "cfsctl: …"; pass its message on without repeating the prefix.
     bail!("{}", msg.strip_prefix("cfsctl: ").unwrap_or(msg));
 }
 

@@ -17,6 +17,7 @@ mod mount_composefs;
 mod oci;
 mod output;
 mod progress;
+mod sys;
 
 /// The personalities of the multi-call binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +101,7 @@ fn cfsctl_main(args: Vec<OsString>) -> anyhow::Result<ExitCode> {
 
 /// The error and its causes joined with `: `, leaving out a cause whose text the previous
 /// message already includes (library errors often embed their source in their own message).
-fn error_chain(err: &anyhow::Error) -> String {
+pub(crate) fn error_chain(err: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut previous = String::new();
     for cause in err.chain() {

@@ -599,7 +599,9 @@ mod tests {
         assert!(!repo.import_file(&tmp, None).expect("again").1);
         assert_eq!(repo.read_object(&d1).expect("read"), big);
         assert_eq!(repo.read_object(&d2).expect("read"), b"small");
-        assert_eq!(files(repo.path()).len(), 3, "{:?}", files(repo.path()));
+        // meta.json, the two objects and the large one's saved Merkle tree; no temporaries.
+        assert_eq!(files(repo.path()).len(), 4, "{:?}", files(repo.path()));
+        assert!(repo.verity_tree_dir().join(d1.object_path()).is_file());
     }
 
     #[test]

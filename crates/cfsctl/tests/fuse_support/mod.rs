@@ -508,9 +508,15 @@ fn daemon_pids(mnt: &Path) -> Vec<u32> {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        if args.contains(&&b"internal-fuse-daemon"[..])
-            && args.contains(&mnt.as_os_str().as_bytes())
-        {
+        // The server is a fork of `cfsctl … mount --fuse… NAME MNT` (same command line), or,
+        // when that cannot fork, `cfsctl … internal-fuse-daemon … MNT`.
+        let is_server = args.contains(&&b"internal-fuse-daemon"[..])
+            || (args.contains(&&b"mount"[..]) && args.iter().any(|a| a.starts_with(b"--fuse")));
+        let state = fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if is_server && !zombie && args.contains(&mnt.as_os_str().as_bytes()) {
             pids.push(pid);
         }
     }
