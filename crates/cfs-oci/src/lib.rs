@@ -20,6 +20,7 @@ pub mod registry;
 pub mod rootfs;
 pub mod source;
 pub mod store;
+mod sys;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testutil;
 

@@ -290,6 +290,8 @@ pub fn pull(
         layer_streams.push(digest);
     }
 
+    // The importers' freed buffers would otherwise stay resident beside the tree built next.
+    crate::sys::release_free_memory();
     progress.stage("building the image");
     let tree = store::build_rootfs(repo, diff_ids, opts.xattrs)?;
     let (erofs, _) = erofs_image(repo, &tree)?;

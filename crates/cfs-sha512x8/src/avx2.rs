@@ -35,16 +35,37 @@ pub(crate) fn hash_group(group: &[u8], digests: &mut [u8]) -> bool {
         .chunks_exact(WIDTH * BLOCK_SIZE)
         .zip(digests.chunks_exact_mut(WIDTH * DIGEST_LEN))
     {
-        let (Ok(blocks), Ok(out)) = (
-            <&[u8; WIDTH * BLOCK_SIZE]>::try_from(blocks),
-            <&mut [u8; WIDTH * DIGEST_LEN]>::try_from(out),
-        ) else {
-            return false;
-        };
-        // SAFETY: the CPU has AVX2 (checked above), the only requirement `hash_four` has beyond
-        // its typed arguments.
-        unsafe { hash_four(blocks, out) };
+        hash_up_to_four(blocks, out);
     }
+    true
+}
+
+/// Hash the one to four whole blocks of `blocks` into the matching digests of `digests` in one
+/// pass (unused lanes repeat the last block, and their results are dropped). Returns false,
+/// having written nothing, if the lengths disagree, there are no blocks or more than four, or
+/// the CPU lacks AVX2.
+pub(crate) fn hash_up_to_four(blocks: &[u8], digests: &mut [u8]) -> bool {
+    let count = blocks.len() / BLOCK_SIZE;
+    if !(1..=WIDTH).contains(&count)
+        || blocks.len() != count * BLOCK_SIZE
+        || digests.len() != count * DIGEST_LEN
+        || !available()
+    {
+        return false;
+    }
+    let lane_block = |lane: usize| -> &[u8; BLOCK_SIZE] {
+        let start = lane.min(count - 1) * BLOCK_SIZE;
+        // In range: `lane.min(count - 1)` is a block of `blocks`.
+        blocks[start..start + BLOCK_SIZE]
+            .try_into()
+            .unwrap_or(&[0; BLOCK_SIZE])
+    };
+    let lanes: [&[u8; BLOCK_SIZE]; WIDTH] = std::array::from_fn(lane_block);
+    let mut out = [0u8; WIDTH * DIGEST_LEN];
+    // SAFETY: the CPU has AVX2 (checked above), the only requirement `hash_four` has beyond its
+    // typed arguments.
+    unsafe { hash_four(lanes, &mut out) };
+    digests.copy_from_slice(&out[..count * DIGEST_LEN]);
     true
 }
 
@@ -57,7 +78,7 @@ fn ror<const N: i32, const L: i32>(x: __m256i) -> __m256i {
 }
 
 #[target_feature(enable = "avx2")]
-fn hash_four(blocks: &[u8; WIDTH * BLOCK_SIZE], digests: &mut [u8; WIDTH * DIGEST_LEN]) {
+fn hash_four(blocks: [&[u8; BLOCK_SIZE]; WIDTH], digests: &mut [u8; WIDTH * DIGEST_LEN]) {
     let mut state = H0.map(|h| _mm256_set1_epi64x(h as i64));
     // SHA-512 words are big-endian: reverse the bytes of every 64-bit lane (the shuffle works
     // within each 128-bit half, which is all a 64-bit lane needs).
@@ -74,8 +95,7 @@ fn hash_four(blocks: &[u8; WIDTH * BLOCK_SIZE], digests: &mut [u8; WIDTH * DIGES
         for quad in 0..4 {
             let offset = message_block * 128 + quad * 32;
             let rows: [__m256i; WIDTH] = std::array::from_fn(|lane| {
-                let start = lane * BLOCK_SIZE + offset;
-                let bytes = &blocks[start..start + 32];
+                let bytes = &blocks[lane][offset..offset + 32];
                 // SAFETY: `bytes` is exactly the 32 bytes one unaligned load reads.
                 unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
             });

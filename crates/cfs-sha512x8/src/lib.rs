@@ -83,9 +83,10 @@ pub fn available() -> bool {
 }
 
 /// SHA-512 each whole `BLOCK_SIZE` block of `blocks` into the matching `DIGEST_LEN` bytes of
-/// `digests`, in groups of [`LANES`], for as many groups as both slices hold. Returns the number
-/// of blocks hashed (a multiple of [`LANES`]; 0 when [`available`] is false): digests past that
-/// are left untouched.
+/// `digests`: in groups of [`LANES`] for as many groups as both slices hold, then what is left
+/// in four-lane passes while at least two blocks remain. Returns the number of blocks hashed
+/// (0 when [`available`] is false); digests past that are left untouched, for the caller to
+/// hash one at a time.
 pub fn hash_blocks(blocks: &[u8], digests: &mut [u8]) -> usize {
     let Some(kernel) = kernel() else {
         return 0;
@@ -104,6 +105,25 @@ pub fn hash_blocks(blocks: &[u8], digests: &mut [u8]) -> usize {
             break;
         }
         hashed += LANES;
+    }
+    // What is left of a group (a small file's few blocks) still beats one-at-a-time from two
+    // blocks on, in four-lane passes whose unused lanes repeat a block.
+    #[cfg(target_arch = "x86_64")]
+    if hashed % LANES == 0 {
+        let rest = blocks.get(hashed * BLOCK_SIZE..).unwrap_or_default();
+        let rest_out = digests.get_mut(hashed * DIGEST_LEN..).unwrap_or_default();
+        let count = (rest.len() / BLOCK_SIZE).min(rest_out.len() / DIGEST_LEN);
+        if count >= 2 {
+            for (pass, out) in rest[..count * BLOCK_SIZE]
+                .chunks(4 * BLOCK_SIZE)
+                .zip(rest_out[..count * DIGEST_LEN].chunks_mut(4 * DIGEST_LEN))
+            {
+                if pass.len() < 2 * BLOCK_SIZE || !avx2::hash_up_to_four(pass, out) {
+                    break;
+                }
+                hashed += pass.len() / BLOCK_SIZE;
+            }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (blocks, digests, kernel);
@@ -169,18 +189,24 @@ mod tests {
             assert_eq!(n, 0, "nothing is hashed without a vector kernel");
             return;
         }
-        assert_eq!(n, 16);
+        // Two groups of eight, then the last three in one four-lane pass.
+        assert_eq!(n, 19);
+        assert_eq!(digests, one_by_one(&blocks));
+        // Too little room for the digests limits the blocks as well, and a lone block is left
+        // to the caller.
+        let mut short = vec![0u8; DIGEST_LEN * 9];
+        assert_eq!(hash_blocks(&blocks, &mut short), 8);
         assert_eq!(
-            digests[..16 * DIGEST_LEN],
-            one_by_one(&blocks)[..16 * DIGEST_LEN]
+            short[..8 * DIGEST_LEN],
+            one_by_one(&blocks)[..8 * DIGEST_LEN]
         );
         assert!(
-            digests[16 * DIGEST_LEN..].iter().all(|&b| b == 0),
-            "the tail is left alone"
+            short[8 * DIGEST_LEN..].iter().all(|&b| b == 0),
+            "the lone block is left alone"
         );
-        // Too little room for the digests limits the groups as well.
-        assert_eq!(hash_blocks(&blocks, &mut digests[..DIGEST_LEN * 9]), 8);
-        assert_eq!(hash_blocks(&blocks[..BLOCK_SIZE * 7], &mut digests), 0);
+        let mut few = vec![0u8; DIGEST_LEN * 7];
+        assert_eq!(hash_blocks(&blocks[..BLOCK_SIZE * 7], &mut few), 7);
+        assert_eq!(few, one_by_one(&blocks[..BLOCK_SIZE * 7]));
     }
 
     #[test]
@@ -197,6 +223,30 @@ mod tests {
                 "{name}"
             );
             assert!(digests.iter().all(|&b| b == 0), "{name} wrote nothing");
+        }
+    }
+
+    #[test]
+    fn partial_passes_hash_only_their_blocks() {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            let blocks = distinct_blocks(0x5a, 4);
+            for count in 1..=4 {
+                let mut digests = vec![0u8; DIGEST_LEN * count];
+                assert!(avx2::hash_up_to_four(
+                    &blocks[..count * BLOCK_SIZE],
+                    &mut digests
+                ));
+                assert_eq!(
+                    digests,
+                    one_by_one(&blocks[..count * BLOCK_SIZE]),
+                    "{count}"
+                );
+            }
+            let mut digests = vec![0u8; DIGEST_LEN * 5];
+            assert!(!avx2::hash_up_to_four(&distinct_blocks(1, 5), &mut digests));
+            assert!(!avx2::hash_up_to_four(&[], &mut []));
+            assert!(!avx2::hash_up_to_four(&blocks[..BLOCK_SIZE], &mut digests));
         }
     }
 
