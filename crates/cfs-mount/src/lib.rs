@@ -11,6 +11,7 @@ mod composefs;
 mod error;
 mod fscontext;
 mod guard;
+mod mountinfo;
 #[cfg(test)]
 mod testutil;
 
@@ -19,3 +20,4 @@ pub use composefs::{
 };
 pub use error::{KernelLog, MountError};
 pub use guard::{unmount, unmount_lazy, MountGuard};
+pub use mountinfo::{mounted_at, MountEntry};

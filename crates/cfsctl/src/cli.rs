@@ -364,6 +364,7 @@ pub fn main(args: Vec<OsString>) -> Result<ExitCode> {
             foreground,
         } => {
             let repo = open_repo(g)?;
+            crate::mount::refuse_stacked(mountpoint)?;
             if let Some(opts) = fuse {
                 crate::fuse::mount_fuse(&repo, name, mountpoint, opts, *foreground)?;
                 return Ok(ExitCode::SUCCESS);
@@ -447,6 +448,12 @@ fn read_tree(
         threads: 0,
         ..ScanOptions::mkcomposefs()
     };
+    // The transform needs /usr: say so before the scan stores a single object.
+    let has_usr = std::fs::symlink_metadata(path.join("usr")).is_ok_and(|m| m.is_dir());
+    if !read.no_propagate_usr_to_root && !has_usr {
+        return Err(cfs_format::transform::TransformError::NoUsr)
+            .with_context(|| format!("transforming {}", path.display()));
+    }
     let mut tree = scan::scan_directory_into(path, &opts, sink)?;
     if !read.no_propagate_usr_to_root {
         transform_for_oci(&mut tree, read.xattrs)

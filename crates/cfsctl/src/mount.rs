@@ -7,6 +7,23 @@ use anyhow::{Context, Result};
 use cfs_mount::{mount_composefs, LayerDir, MountRequest, VerityMode};
 use cfs_repo::repo::Repository;
 
+/// Refuse to mount over a composefs mount at `mountpoint`: the new mount would hide it
+/// silently. Other mounts there (a tmpfs, a bind mount) are the user's business.
+pub fn refuse_stacked(mountpoint: &Path) -> Result<()> {
+    let Ok(canonical) = mountpoint.canonicalize() else {
+        // A missing mount point is reported by the mount itself.
+        return Ok(());
+    };
+    let there = cfs_mount::mounted_at(&canonical).context("reading /proc/self/mountinfo")?;
+    if let Some(entry) = there.filter(cfs_mount::MountEntry::is_composefs) {
+        anyhow::bail!(
+            "{} is already a composefs mount ({entry}); unmount it first",
+            mountpoint.display()
+        );
+    }
+    Ok(())
+}
+
 /// Mount image `name` of `repo` at `mountpoint` and return once the mount is in place: EROFS
 /// (file-backed, detached) under a read-only overlayfs whose data layer is `objects/`. The
 /// overlay checks fs-verity digests when the repository has fs-verity; an insecure repository

@@ -251,6 +251,7 @@ pub fn run(cmd: &OciCommand, open: &dyn Fn() -> Result<Repository>) -> Result<Ex
                 );
             };
             let id = id.to_hex();
+            crate::mount::refuse_stacked(mountpoint)?;
             match fuse {
                 Some(opts) => crate::fuse::mount_fuse(&repo, &id, mountpoint, opts, *foreground)?,
                 None => crate::mount::mount_image(&repo, &id, mountpoint, None, None)?,

@@ -343,6 +343,18 @@ fn created_image_mounts_identical_to_the_source() {
         assert_trees_equal(&src, &mnt, &opts);
         let err = fs::write(mnt.join("new"), b"x").expect_err("a read-only mount");
         assert_eq!(err.raw_os_error(), Some(30), "EROFS expected: {err}");
+        // Mounting again on top (kernel or FUSE) is refused, naming what is there, and leaves
+        // the first mount alone.
+        for again in [&["mount"][..], &["mount", "--fuse"][..]] {
+            let mut args: Vec<&OsStr> = again.iter().map(OsStr::new).collect();
+            args.extend([OsStr::new(name), mnt.as_os_str()]);
+            let err = repo.fails(args);
+            assert!(
+                err.contains("already a composefs mount") && err.contains(&source),
+                "{again:?}: {err}"
+            );
+            check_overlay(&mnt, &source, &objects, true);
+        }
         guard.umount();
     }
 
@@ -537,6 +549,14 @@ fn ids_agree_and_objects_are_shared() {
     fs::write(no_usr.join("f"), b"x").expect("write");
     let err = nowhere.fails([OsStr::new("compute-id"), no_usr.as_os_str()]);
     assert!(err.contains("no /usr directory"), "{err}");
+    // create-image says so before storing anything (this file would be an object).
+    fs::write(no_usr.join("big"), vec![7u8; 100_000]).expect("write");
+    let repo = Repo::init(tmp.path().join("repo-no-usr"));
+    let before = fs::read_dir(repo.path.join("objects")).map_or(0, |d| d.count());
+    let err = repo.fails([OsStr::new("create-image"), no_usr.as_os_str()]);
+    assert!(err.contains("no /usr directory"), "{err}");
+    let after = fs::read_dir(repo.path.join("objects")).map_or(0, |d| d.count());
+    assert_eq!(before, after, "create-image stored objects before refusing");
 }
 
 // ---------------------------------------------------------------------------------------------

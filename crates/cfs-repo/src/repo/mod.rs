@@ -158,6 +158,27 @@ impl Repository {
     /// verity.)
     pub fn init(path: impl AsRef<Path>, opts: &InitOptions) -> Result<Repository, RepoError> {
         let path = path.as_ref();
+        // The directories this call creates go again if it fails (a refused init leaves
+        // nothing behind); ones that were there are left alone.
+        let mut created: Vec<PathBuf> = path
+            .ancestors()
+            .filter(|p| !p.as_os_str().is_empty())
+            .take_while(|p| std::fs::symlink_metadata(p).is_err())
+            .map(Path::to_path_buf)
+            .collect();
+        created.reverse();
+        let result = Self::init_created(path, opts);
+        if result.is_err() {
+            for dir in created.iter().rev() {
+                if std::fs::remove_dir(dir).is_err() {
+                    break;
+                }
+            }
+        }
+        result
+    }
+
+    fn init_created(path: &Path, opts: &InitOptions) -> Result<Repository, RepoError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| RepoError::io(parent, e))?;
         }
@@ -720,11 +741,16 @@ mod tests {
                     "unexpected {err}"
                 );
                 assert!(err.to_string().contains("--insecure"), "{err}");
-                assert!(files(&path).is_empty(), "nothing written");
-                assert!(matches!(
-                    Repository::open(&path, &OpenOptions::default()),
-                    Err(RepoError::NotARepository { .. })
-                ));
+                assert!(!path.exists(), "the refused init left {path:?} behind");
+                // Nor the parents it made, while a directory that was there stays.
+                let deep = dir.path().join("a/b/repo");
+                assert!(Repository::init(&deep, &InitOptions::default()).is_err());
+                assert!(!dir.path().join("a").exists(), "parents left behind");
+                assert!(dir.path().exists());
+                let existing = dir.path().join("existing");
+                std::fs::create_dir(&existing).expect("mkdir");
+                assert!(Repository::init(&existing, &InitOptions::default()).is_err());
+                assert!(existing.is_dir(), "a directory that was there is kept");
             }
         }
     }
