@@ -461,10 +461,9 @@ impl FsVerityHasher {
         let dlen = self.algorithm.digest_len();
         let partial = &self.levels[0].buf;
         if !partial.is_empty() {
-            let mut padded = [0u8; BLOCK_SIZE];
-            padded[..partial.len()].copy_from_slice(partial);
+            // The last, short block, hashed zero-padded.
             let mut out = [0u8; 64];
-            self.algorithm.hash_block(&padded, &mut out[..dlen]);
+            merkle::hash_data_blocks(self.algorithm, partial, &mut out[..dlen]);
             leaves.extend_from_slice(&out[..dlen]);
         }
         let (tree, digest) = merkle::build_tree(self.algorithm, self.size, &leaves);

@@ -11,7 +11,7 @@ mod composefs;
 mod error;
 mod fscontext;
 mod guard;
-mod mountinfo;
+pub mod mountinfo;
 #[cfg(test)]
 mod testutil;
 

@@ -52,8 +52,9 @@ fn parse_mounted_at(mountinfo: &str, path: &Path) -> Option<MountEntry> {
     })
 }
 
-/// mountinfo writes space, tab, newline and backslash as three octal digits after a backslash.
-fn unescape(field: &str) -> Vec<u8> {
+/// Undo mountinfo's escapes: it writes space, tab, newline and backslash as three octal digits
+/// after a backslash.
+pub fn unescape(field: &str) -> Vec<u8> {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -577,29 +577,6 @@ pub struct MountInfo {
     pub super_options: String,
 }
 
-/// Undo mountinfo's octal escapes (`\040` for a space, etc.).
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (bytes[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
 /// The current mount table of this process.
 pub fn mountinfo() -> Vec<MountInfo> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
@@ -609,9 +586,12 @@ pub fn mountinfo() -> Vec<MountInfo> {
             let mount_point = left.split(' ').nth(4)?;
             let mut right = right.split(' ');
             Some(MountInfo {
-                mount_point: PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(mount_point))),
+                mount_point: PathBuf::from(OsStr::from_bytes(&cfs_mount::mountinfo::unescape(
+                    mount_point,
+                ))),
                 fstype: right.next()?.to_owned(),
-                source: String::from_utf8_lossy(&unescape_mountinfo(right.next()?)).into_owned(),
+                source: String::from_utf8_lossy(&cfs_mount::mountinfo::unescape(right.next()?))
+                    .into_owned(),
                 super_options: right.next().unwrap_or("").to_owned(),
             })
         })
